@@ -1,0 +1,70 @@
+"""Stepstone's write side: durable workflows of idempotent steps on an append-only log.
+
+    from engine import Engine, workflow, step, step_context
+
+The public surface is below; everything else is private to the package.
+"""
+
+from engine.aggregate import RunStatus, StepStatus, WorkflowRun
+from engine.context import StepContext, step_context
+from engine.definitions import Step, Workflow, step, workflow
+from engine.driver import StepFailedError
+from engine.engine import Engine, load_workflow, run_id_for_key
+from engine.errors import (
+    ConfigurationError,
+    EngineError,
+    IdempotencyConflictError,
+    InvalidInputError,
+    NonDeterminismError,
+    OutputEncodingError,
+    RunConflictError,
+    RunNotFinishedError,
+    RunNotFoundError,
+    StoreUnavailableError,
+    UnknownEventError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
+from engine.results import HistoryEntry, RunInfo, RunResult
+from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
+from engine.settings import Settings
+
+__all__ = [
+    "NO_RETRY",
+    "ConfigurationError",
+    "Engine",
+    "EngineError",
+    "HistoryEntry",
+    "IdempotencyConflictError",
+    "InvalidInputError",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "OutputEncodingError",
+    "Preempted",
+    "PreemptionToken",
+    "RetryPolicy",
+    "RunConflictError",
+    "RunInfo",
+    "RunNotFinishedError",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStatus",
+    "Settings",
+    "Step",
+    "StepContext",
+    "StepFailedError",
+    "StepStatus",
+    "StoreUnavailableError",
+    "UnknownEventError",
+    "Workflow",
+    "WorkflowFailedError",
+    "WorkflowNotFoundError",
+    "WorkflowRun",
+    "load_workflow",
+    "run_id_for_key",
+    "signals_request_preemption",
+    "step",
+    "step_context",
+    "workflow",
+]

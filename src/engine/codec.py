@@ -1,0 +1,75 @@
+"""How run events become bytes in the store and back: pydantic models through orjson.
+
+The library's default mapper rebuilds events with `object.__new__`, which would bypass
+pydantic validation, so this mapper dumps and validates models instead. Upcasting follows the
+library's convention: a stored `class_version` below the class's runs `upcast_vN_vN+1`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import UnknownEventError
+
+_ID_FIELDS = frozenset({"originator_id", "originator_version"})
+
+
+class OrjsonTranscoder(Transcoder):
+    """orjson encodes datetimes, UUIDs and enums natively; pydantic restores their types."""
+
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class PydanticMapper(Mapper[UUID]):
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        model = cast(BaseModel, domain_event)
+        state = model.model_dump(exclude=_ID_FIELDS)
+        class_version = getattr(type(model), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        data = self.transcoder.encode(state)
+        if self.compressor:
+            data = self.compressor.compress(data)
+        if self.cipher:
+            data = self.cipher.encrypt(data)
+        return StoredEvent(
+            originator_id=model.originator_id,  # type: ignore[attr-defined]
+            originator_version=model.originator_version,  # type: ignore[attr-defined]
+            topic=get_topic(type(model)),
+            state=data,
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        topic = stored_event.topic
+        run_id = stored_event.originator_id
+        version = stored_event.originator_version
+        try:
+            cls = resolve_topic(topic)
+        except TopicError as e:
+            raise UnknownEventError(topic, run_id, version, "no such event type") from e
+        data = stored_event.state
+        try:
+            if self.cipher:
+                data = self.cipher.decrypt(data)
+            if self.compressor:
+                data = self.compressor.decompress(data)
+            state: dict[str, Any] = self.transcoder.decode(data)
+            from_version = state.pop("class_version", 1)
+            while from_version < getattr(cls, "class_version", 1):
+                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+                from_version += 1
+            state["originator_id"] = run_id
+            state["originator_version"] = version
+            return cls.model_validate(state)
+        except (orjson.JSONDecodeError, ValidationError, AttributeError, TypeError) as e:
+            raise UnknownEventError(topic, run_id, version, str(e).splitlines()[0]) from e

@@ -1,0 +1,89 @@
+"""Ambient context: which run is driving the current thread, and which step is running.
+
+Kept in ContextVars (as DBOS does) so step code needs no extra parameter and a step called
+outside any workflow simply runs as a plain function.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from engine.definitions import Step
+
+
+class StepRunner(Protocol):
+    def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        ...
+
+
+class CheckpointSink(Protocol):
+    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+        ...
+
+    @property
+    def preemption_requested(self) -> bool:
+        ...
+
+
+class StepContext:
+    """What a running step knows about itself; get it with `step_context()`."""
+
+    def __init__(
+        self,
+        *,
+        run_id: UUID | None,
+        step_key: str,
+        attempt: int,
+        last_checkpoint: Any,
+        checkpoint_sequence: int,
+        sink: CheckpointSink | None,
+    ) -> None:
+        self.run_id = run_id
+        self.step_key = step_key
+        self.attempt = attempt
+        self.last_checkpoint = last_checkpoint
+        self.checkpoint_sequence = checkpoint_sequence
+        self._sink = sink
+
+    @property
+    def operation_id(self) -> str:
+        """Stable across retries and workers: key external side effects on it."""
+        return f"{self.run_id}/{self.step_key}" if self.run_id else f"local/{self.step_key}"
+
+    @property
+    def preemption_requested(self) -> bool:
+        return self._sink.preemption_requested if self._sink else False
+
+    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> None:
+        """Persist progress inside the step (an offset, a cursor, a partial result).
+
+        `done`/`total` are optional progress figures for the read side. If preemption was
+        requested, this persists the checkpoint and then unwinds the step with `Preempted`.
+        """
+        if self._sink is None:
+            self.last_checkpoint = state
+            self.checkpoint_sequence += 1
+            return
+        self._sink.checkpoint(self, state, done, total)
+
+
+current_runner: ContextVar[StepRunner | None] = ContextVar("stepstone_runner", default=None)
+current_step: ContextVar[StepContext | None] = ContextVar("stepstone_step", default=None)
+
+
+def step_context() -> StepContext:
+    """The context of the step running in this thread.
+
+    Outside a workflow a step runs as a plain function; it then gets a detached context whose
+    checkpoints are kept in memory only, so step code can be unit-tested without an engine.
+    """
+    ctx = current_step.get()
+    if ctx is None:
+        raise RuntimeError(
+            "step_context() was called outside a step: call it from a function decorated "
+            "with @step"
+        )
+    return ctx

@@ -1,0 +1,186 @@
+"""`@workflow` and `@step`: how user code declares durable work.
+
+A step's return value is recorded as JSON and the workflow always gets the decoded recorded
+value back, on the first run and on every replay alike, so workflow code cannot behave
+differently after a resume. A return annotation (a pydantic model, a dataclass, datetime...)
+is honoured in both directions through a pydantic TypeAdapter.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticSerializationError
+
+from engine.context import StepContext, current_runner, current_step
+from engine.errors import InvalidInputError, OutputEncodingError
+from engine.retry import DEFAULT_RETRY, RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class JsonCodec:
+    """Encodes a value to JSON-compatible data through its declared type, and back."""
+
+    def __init__(self, fn: Callable[..., Any], where: str) -> None:
+        self._fn = fn
+        self._where = where
+
+    @functools.cached_property
+    def _adapter(self) -> TypeAdapter[Any]:
+        hints = typing.get_type_hints(self._fn)
+        return TypeAdapter(hints.get("return", Any))
+
+    def encode(self, value: Any) -> Any:
+        try:
+            data = self._adapter.dump_python(value, mode="json")
+            orjson.dumps(data)
+        except (PydanticSerializationError, TypeError, ValueError) as e:
+            raise OutputEncodingError(
+                self._where, type(value).__qualname__, str(e).splitlines()[0]
+            ) from e
+        return data
+
+    def decode(self, data: Any) -> Any:
+        return self._adapter.validate_python(data)
+
+
+class Step(Generic[P, R]):
+    """A durable step. Inside a workflow run its outcome is recorded; elsewhere it just runs."""
+
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.codec = JsonCodec(fn, f"step {name!r}")
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        runner = current_runner.get()
+        if runner is None:
+            return self._run_detached(*args, **kwargs)
+        result: R = runner.call_step(self, args, kwargs)
+        return result
+
+    def _run_detached(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = StepContext(
+            run_id=None,
+            step_key=f"{self.name}#0",
+            attempt=1,
+            last_checkpoint=None,
+            checkpoint_sequence=0,
+            sink=None,
+        )
+        token = current_step.set(ctx)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            current_step.reset(token)
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(
+    *, name: str | None = None, retry: RetryPolicy | None = None
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+
+
+def step(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
+    """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff."""
+
+    def wrap(f: Callable[P, R]) -> Step[P, R]:
+        return Step(f, name or f.__name__, retry or DEFAULT_RETRY)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+class Workflow(Generic[P, R]):
+    """A workflow: deterministic code that calls steps. Called directly, it runs undurably."""
+
+    def __init__(self, fn: Callable[P, R], name: str, version: int) -> None:
+        self.fn = fn
+        self.name = name
+        self.version = version
+        self.entrypoint = f"{fn.__module__}:{fn.__qualname__}"
+        self.codec = JsonCodec(fn, f"workflow {name!r}")
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Digest of the workflow body's source, recorded so a changed body can be noticed."""
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            source = self.fn.__code__.co_code.hex()
+        return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def _input_model(self) -> type[BaseModel]:
+        hints = typing.get_type_hints(self.fn)
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(self.fn).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(
+                    f"workflow {self.name!r} has *args/**kwargs; declare named parameters so "
+                    "its input can be validated and recorded"
+                )
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (hints.get(param.name, Any), default)
+        return create_model(  # type: ignore[no-any-return, call-overload]
+            f"{self.name}_input", __config__=ConfigDict(extra="forbid"), **fields
+        )
+
+    def normalize_input(self, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate input against the signature; return it as the JSON that gets recorded."""
+        try:
+            model = self._input_model.model_validate(dict(data or {}))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise InvalidInputError(
+                f"input does not fit workflow {self.name!r} "
+                f"(parameters: {self.describe_parameters()}): {problems}"
+            ) from None
+        dumped: dict[str, Any] = model.model_dump(mode="json")
+        return dumped
+
+    def bind_input(self, recorded: Mapping[str, Any]) -> dict[str, Any]:
+        model = self._input_model.model_validate(dict(recorded))
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def describe_parameters(self) -> str:
+        params = inspect.signature(self.fn).parameters.values()
+        return ", ".join(str(p) for p in params) or "none"
+
+
+def workflow(
+    name: str | None = None, *, version: int = 1
+) -> Callable[[Callable[P, R]], Workflow[P, R]]:
+    """Declare a workflow. `name` identifies its runs (and idempotency keys) across releases."""
+    if callable(name):
+        raise TypeError("use @workflow() or @workflow('name', version=1), with parentheses")
+
+    def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
+        return Workflow(fn, name or fn.__name__, version)
+
+    return wrap

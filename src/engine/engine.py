@@ -1,0 +1,227 @@
+"""The engine object embedding code holds: start runs, drive them, read them back."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from engine.aggregate import RunStatus, WorkflowRun
+from engine.definitions import Workflow
+from engine.driver import RunDriver, utc_now
+from engine.errors import (
+    ConfigurationError,
+    IdempotencyConflictError,
+    RunConflictError,
+    RunNotFinishedError,
+    StoreUnavailableError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from engine.preemption import PreemptionToken
+from engine.results import HistoryEntry, RunInfo, RunResult
+from engine.settings import Settings
+from engine.store import RunStore
+from engine.store_url import parse_store_url
+
+log = logging.getLogger("stepstone.engine")
+
+_KEY_NAMESPACE = uuid.UUID("6f1d2c7e-8a43-5b8e-9c39-5b7f0e1a2d44")
+
+
+def run_id_for_key(workflow_name: str, key: str) -> UUID:
+    """Idempotency: the same workflow and key always name the same run."""
+    return uuid.uuid5(_KEY_NAMESPACE, f"{workflow_name}\x00{key}")
+
+
+class Engine:
+    """Starts, drives and reads workflow runs on one event store.
+
+    `token` is the preemption token: set it (or call `preempt()`) from another thread or a
+    signal handler, and the run in flight stops at its next checkpoint or step boundary with
+    its progress persisted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        workflows: Iterable[Workflow[..., Any]] = (),
+        token: PreemptionToken | None = None,
+        create: bool = True,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.token = token or PreemptionToken()
+        self._workflows: dict[str, Workflow[..., Any]] = {}
+        self.register(*workflows)
+        location = parse_store_url(
+            self.settings.database_url,
+            connect_timeout_s=self.settings.connect_timeout_s,
+            pool_size=self.settings.postgres_pool_size,
+        )
+        if not create and location.sqlite_path and not location.sqlite_path.exists():
+            raise StoreUnavailableError(
+                location.display, f"no such file {location.sqlite_path} (nothing has run here yet)"
+            )
+        if location.sqlite_path and not location.sqlite_path.parent.exists():
+            raise StoreUnavailableError(
+                location.display, f"directory {location.sqlite_path.parent} does not exist"
+            )
+        self.store = RunStore(location, snapshot_interval=self.settings.snapshot_interval)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Engine:
+        return cls(Settings(database_url=url), **kwargs)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def register(self, *workflows: Workflow[..., Any]) -> None:
+        for wf in workflows:
+            if not isinstance(wf, Workflow):
+                raise ConfigurationError(f"{wf!r} is not a @workflow")
+            self._workflows[wf.name] = wf
+
+    # -- writing --------------------------------------------------------------------------
+    def start(
+        self,
+        workflow: Workflow[..., Any],
+        input: Mapping[str, Any] | None = None,  # noqa: A002
+        *,
+        key: str | None = None,
+    ) -> UUID:
+        """Record a new run (nothing executes yet). With `key`, starting twice gives one run."""
+        self.register(workflow)
+        recorded_input = workflow.normalize_input(input)
+        digest = hashlib.sha256(orjson.dumps(recorded_input, option=orjson.OPT_SORT_KEYS))
+        run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
+        run = WorkflowRun.start(
+            run_id,
+            timestamp=utc_now(),
+            worker_id=self.settings.worker_id,
+            workflow=workflow.name,
+            workflow_version=workflow.version,
+            entrypoint=workflow.entrypoint,
+            code_fingerprint=workflow.fingerprint,
+            input=recorded_input,
+            input_digest=digest.hexdigest(),
+            idempotency_key=key,
+        )
+        try:
+            self.store.save_run(run)
+        except RunConflictError:
+            if key is None:
+                raise
+            existing = self.store.load(run_id)
+            if existing.state.input_digest != digest.hexdigest():
+                raise IdempotencyConflictError(key, run_id) from None
+            log.info("idempotency key %r: returning existing run %s", key, run_id)
+        return run_id
+
+    def run(
+        self,
+        workflow: Workflow[..., Any],
+        input: Mapping[str, Any] | None = None,  # noqa: A002
+        *,
+        key: str | None = None,
+    ) -> RunResult:
+        """Start (or, with a known key, find) a run and drive it until it ends or is preempted."""
+        return self.resume(self.start(workflow, input, key=key))
+
+    def resume(self, run_id: UUID) -> RunResult:
+        """Drive a run from where its log says it is; a finished run just returns its result."""
+        run = self.store.load(run_id)
+        if run.status.is_terminal:
+            return RunResult.of(run)
+        definition = self._definition_for(run)
+        if definition.version != run.state.workflow_version:
+            log.warning(
+                "run %s was started by %s version %d; the code now says version %d",
+                run.id, definition.name, run.state.workflow_version, definition.version,
+            )
+        driver = RunDriver(
+            self.store,
+            run,
+            definition,
+            worker_id=self.settings.worker_id,
+            token=self.token,
+            checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
+        )
+        return driver.drive()
+
+    def preempt(self, reason: str = "preemption requested by the application") -> None:
+        self.token.request(reason)
+
+    # -- reading --------------------------------------------------------------------------
+    def status(self, run_id: UUID) -> RunInfo:
+        return RunInfo.of(self.store.load(run_id))
+
+    def result(self, run_id: UUID) -> Any:
+        """The recorded output of a completed run; raises if it failed or has not finished."""
+        run = self.store.load(run_id)
+        if run.status is RunStatus.COMPLETED:
+            return run.state.output
+        if run.status is RunStatus.FAILED and run.state.error:
+            raise WorkflowFailedError(run_id, run.state.error.error_type, run.state.error.message)
+        raise RunNotFinishedError(f"run {run_id} is {run.status.value}; resume it to finish it")
+
+    def history(self, run_id: UUID) -> list[HistoryEntry]:
+        return [HistoryEntry.of(pos, e) for pos, e in self.store.events_with_positions(run_id)]
+
+    def runs(self, *, limit: int | None = None) -> list[RunInfo]:
+        """Runs in start order (newest last); the last `limit` of them if given."""
+        ids = [run_id for _, run_id in self.store.run_ids()]
+        if limit is not None:
+            ids = ids[-limit:]
+        return [RunInfo.of(self.store.load(run_id)) for run_id in ids]
+
+    # -- workflows ------------------------------------------------------------------------
+    def _definition_for(self, run: WorkflowRun) -> Workflow[..., Any]:
+        name = run.state.workflow
+        if name in self._workflows:
+            return self._workflows[name]
+        wf = load_workflow(run.state.entrypoint)
+        if wf.name != name:
+            raise WorkflowNotFoundError(
+                f"run {run.id} belongs to workflow {name!r}, but {run.state.entrypoint} now "
+                f"defines {wf.name!r}; register the right workflow with the engine"
+            )
+        self._workflows[name] = wf
+        return wf
+
+
+def load_workflow(reference: str) -> Workflow[..., Any]:
+    """Import `module:attribute` and check it is a workflow."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise WorkflowNotFoundError(
+            f"workflow reference {reference!r} must look like package.module:workflow_name"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise WorkflowNotFoundError(
+            f"cannot import module {module_name!r} for workflow {reference!r}: {e}"
+        ) from e
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise WorkflowNotFoundError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(obj, Workflow):
+        raise WorkflowNotFoundError(
+            f"{reference} is not a workflow (decorate it with @workflow(...))"
+        )
+    return obj

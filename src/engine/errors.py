@@ -1,0 +1,126 @@
+"""The engine's exceptions: one root, structured attributes, messages that say what to do."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ConfigurationError(EngineError):
+    """A setting (a store URL, an option) cannot be used as given."""
+
+
+class StoreUnavailableError(EngineError):
+    """The event store cannot be reached or opened; nothing was written."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"cannot open the event store at {url}: {reason}. "
+            "Check the URL (option --db or STEPSTONE_DATABASE_URL) and that the database is up."
+        )
+
+
+class WorkflowNotFoundError(EngineError):
+    """A workflow reference does not name a workflow the engine can load."""
+
+
+class InvalidInputError(EngineError):
+    """A run's input does not fit the workflow's parameters; nothing was written."""
+
+
+class OutputEncodingError(EngineError):
+    """A step or workflow returned a value that cannot be recorded as JSON.
+
+    Nothing about that value is written: the run stays resumable, and after the code is fixed
+    a resume runs the step again.
+    """
+
+    def __init__(self, where: str, value_type: str, reason: str) -> None:
+        self.where = where
+        self.value_type = value_type
+        super().__init__(
+            f"{where} returned a value of type {value_type} that cannot be recorded: {reason}. "
+            "Return JSON-compatible data, or annotate the return type with a pydantic-compatible "
+            "type; the run was left resumable."
+        )
+
+
+class RunNotFoundError(EngineError):
+    """No run with that id exists in the store."""
+
+    def __init__(self, run_id: UUID | str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id} in this store; `stepstone runs` lists them")
+
+
+class IdempotencyConflictError(EngineError):
+    """An idempotency key was reused for a different workflow input."""
+
+    def __init__(self, key: str, run_id: UUID) -> None:
+        self.key = key
+        self.run_id = run_id
+        super().__init__(
+            f"idempotency key {key!r} already started run {run_id} with a different input; "
+            "use another key, or the same input to get that run back"
+        )
+
+
+class NonDeterminismError(EngineError):
+    """The workflow body asked for a different step than its history recorded.
+
+    Raised before anything is written, so the run's log is left exactly as it was.
+    """
+
+    def __init__(self, run_id: UUID, position: int, expected: str, actual: str) -> None:
+        self.run_id = run_id
+        self.position = position
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {run_id} diverged from its history at step position {position}: "
+            f"the history recorded {expected!r} but the workflow code now asks for {actual!r}. "
+            "The run was not changed; restore the code the run started with to resume it."
+        )
+
+
+class RunConflictError(EngineError):
+    """Another writer appended to the run first (optimistic concurrency); nothing was written."""
+
+    def __init__(self, run_id: UUID) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id} was changed by another worker since it was loaded; "
+            "this worker's pending events were not written"
+        )
+
+
+class RunNotFinishedError(EngineError):
+    """A result was asked for a run that has not finished."""
+
+
+class WorkflowFailedError(EngineError):
+    """The run ended failed; carries the recorded error."""
+
+    def __init__(self, run_id: UUID, error_type: str, message: str) -> None:
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = message
+        super().__init__(f"run {run_id} failed: {error_type}: {message}")
+
+
+class UnknownEventError(EngineError):
+    """A stored event's type is not known to this code, or cannot be decoded."""
+
+    def __init__(self, topic: str, run_id: UUID | str, version: int, reason: str) -> None:
+        self.topic = topic
+        self.run_id = run_id
+        self.version = version
+        super().__init__(
+            f"cannot decode stored event {topic!r} (run {run_id}, version {version}): {reason}. "
+            "Upgrade Stepstone to a release that knows this event type."
+        )

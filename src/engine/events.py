@@ -1,0 +1,131 @@
+"""The events of a workflow run: the append-only record every other part reads.
+
+They are pydantic models (validated when decoded from the log) and `eventsourcing` aggregate
+events at once, so the library's repository, snapshots and notification log work on them
+unchanged. A changed event gets a higher `class_version` and an `upcast_vN_vN1` static method,
+which the mapper in `codec.py` applies to older stored payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from engine.aggregate import WorkflowRun
+
+
+class ResumeReason(StrEnum):
+    """Why a run was picked up again."""
+
+    CRASH_RECOVERY = "crash_recovery"
+    AFTER_PREEMPTION = "after_preemption"
+    RETRY_DUE = "retry_due"
+
+
+class RunEvent(BaseModel, CanMutateAggregate[UUID]):
+    """Fields every run event carries; `originator_id` is the run id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    class_version: ClassVar[int] = 1
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+    worker_id: str
+
+    def apply(self, aggregate: WorkflowRun) -> None:
+        aggregate.when(self)
+
+
+class RunStarted(RunEvent, CanInitAggregate[UUID]):
+    originator_topic: str
+    workflow: str
+    workflow_version: int
+    entrypoint: str
+    code_fingerprint: str
+    input: dict[str, Any]
+    input_digest: str
+    idempotency_key: str | None
+
+
+class RunResumed(RunEvent):
+    reason: ResumeReason
+
+
+class StepStarted(RunEvent):
+    step_key: str
+    step_name: str
+    attempt: int
+
+
+class StepCheckpointed(RunEvent):
+    step_key: str
+    attempt: int
+    sequence: int
+    state: Any
+    progress_done: int | None = None
+    progress_total: int | None = None
+
+
+class StepCompleted(RunEvent):
+    step_key: str
+    attempt: int
+    output: Any
+    duration_s: float
+
+
+class StepFailed(RunEvent):
+    step_key: str
+    attempt: int
+    error_type: str
+    message: str
+    retryable: bool
+    next_attempt_at: datetime | None
+    duration_s: float
+
+
+class StepPreempted(RunEvent):
+    step_key: str
+    attempt: int
+    last_checkpoint_sequence: int
+    reason: str
+
+
+class RunPreempted(RunEvent):
+    reason: str
+
+
+class RunCompleted(RunEvent):
+    output: Any
+
+
+class RunFailed(RunEvent):
+    error_type: str
+    message: str
+    step_key: str | None
+
+
+class RunCancelled(RunEvent):
+    by: str
+    reason: str
+
+
+EVENT_TYPES: tuple[type[RunEvent], ...] = (
+    RunStarted,
+    RunResumed,
+    StepStarted,
+    StepCheckpointed,
+    StepCompleted,
+    StepFailed,
+    StepPreempted,
+    RunPreempted,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+)

@@ -1,0 +1,103 @@
+"""Read models the engine hands back: frozen, plain, safe to keep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from engine.aggregate import RunStatus, StepStatus, WorkflowRun
+from engine.events import RunEvent
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run's state as the engine's own replay sees it."""
+
+    run_id: UUID
+    workflow: str
+    workflow_version: int
+    status: RunStatus
+    steps_completed: int
+    steps_recorded: int
+    current_step: str | None
+    attempts: int
+    output: Any
+    error_type: str | None
+    error_message: str | None
+    idempotency_key: str | None
+    started_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def of(cls, run: WorkflowRun) -> RunInfo:
+        s = run.state
+        current = next(
+            (k for k, st in reversed(s.steps.items()) if st.status is not StepStatus.COMPLETED),
+            None,
+        )
+        return cls(
+            run_id=run.id,
+            workflow=s.workflow,
+            workflow_version=s.workflow_version,
+            status=s.status,
+            steps_completed=run.completed_steps,
+            steps_recorded=len(s.steps),
+            current_step=None if s.status.is_terminal else current,
+            attempts=sum(st.attempt for st in s.steps.values()),
+            output=s.output,
+            error_type=s.error.error_type if s.error else None,
+            error_message=s.error.message if s.error else None,
+            idempotency_key=s.idempotency_key,
+            started_at=run.created_on,
+            updated_at=run.modified_on,
+            version=run.version,
+        )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a drive of a run ended: finished (completed/failed) or stopped (preempted)."""
+
+    run_id: UUID
+    status: RunStatus
+    output: Any
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def of(cls, run: WorkflowRun) -> RunResult:
+        err = run.state.error
+        return cls(
+            run_id=run.id,
+            status=run.status,
+            output=run.state.output,
+            error_type=err.error_type if err else None,
+            error_message=err.message if err else None,
+        )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of a run, with its global position in the log."""
+
+    position: int
+    version: int
+    timestamp: datetime
+    event_type: str
+    worker_id: str
+    fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, position: int, event: RunEvent) -> HistoryEntry:
+        skip = {"originator_id", "originator_version", "timestamp", "worker_id", "originator_topic"}
+        return cls(
+            position=position,
+            version=event.originator_version,
+            timestamp=event.timestamp,
+            event_type=type(event).__name__,
+            worker_id=event.worker_id,
+            fields=event.model_dump(mode="json", exclude=skip),
+        )

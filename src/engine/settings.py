@@ -1,0 +1,37 @@
+"""The one settings object. Built at the edge (CLI, app factory, embedding code), read nowhere else."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Engine settings; each field can be given in code or as `STEPSTONE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPSTONE_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///stepstone.db",
+        description="sqlite:///relative/path.db, sqlite:////absolute/path.db, or "
+        "postgresql://user[:password]@host[:port]/dbname[?schema=name]",
+    )
+    worker_id: str = Field(default_factory=default_worker_id)
+    snapshot_interval: int = Field(
+        default=200, ge=0, description="take a snapshot every N events of a run (0: never)"
+    )
+    checkpoint_min_interval_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="record at most one checkpoint per step per this many seconds; the latest "
+        "one is still recorded before a preemption, failure or completion",
+    )
+    postgres_pool_size: int = Field(default=2, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)

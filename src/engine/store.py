@@ -1,0 +1,122 @@
+"""The run log: an `eventsourcing` Application over SQLite or PostgreSQL.
+
+Everything the engine writes goes through `save_run`, one atomic commit of a run's pending
+events whose uniqueness on (run id, version) is the optimistic-concurrency fence.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.utils import Environment, EnvType, get_topic
+
+from engine.aggregate import WorkflowRun
+from engine.codec import OrjsonTranscoder, PydanticMapper
+from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
+from engine.events import RunEvent, RunStarted
+from engine.store_url import StoreLocation
+
+_STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
+
+
+class RunStore(Application[UUID]):
+    name = "Stepstone"
+
+    def __init__(self, location: StoreLocation, *, snapshot_interval: int = 200) -> None:
+        self.location = location
+        self.snapshotting_intervals = (  # type: ignore[misc]
+            {WorkflowRun: snapshot_interval} if snapshot_interval else {}
+        )
+        env = dict(location.env)
+        env["MAPPER_TOPIC"] = get_topic(PydanticMapper)
+        env["TRANSCODER_TOPIC"] = get_topic(OrjsonTranscoder)
+        if snapshot_interval:
+            env["IS_SNAPSHOTTING_ENABLED"] = "y"
+        try:
+            super().__init__(env=env)
+        except _STORE_ERRORS as e:
+            raise StoreUnavailableError(location.display, _reason(e)) from e
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        # The library would merge os.environ in; our Settings object is the only reader of the
+        # environment, so the store sees exactly what it was given.
+        return Environment(name, dict(env or {}))
+
+    def load(self, run_id: UUID, *, version: int | None = None) -> WorkflowRun:
+        try:
+            run: WorkflowRun = self.repository.get(run_id, version=version)
+        except AggregateNotFoundError:
+            raise RunNotFoundError(run_id) from None
+        except _STORE_ERRORS as e:
+            raise StoreUnavailableError(self.location.display, _reason(e)) from e
+        return run
+
+    def save_run(self, run: WorkflowRun) -> None:
+        try:
+            self.save(run)
+        except IntegrityError:
+            raise RunConflictError(run.id) from None
+
+    def events_with_positions(self, run_id: UUID) -> list[tuple[int, RunEvent]]:
+        """The run's events in order, each with its global position in the log."""
+        rows = _select_with_positions(self, run_id)
+        if not rows:
+            raise RunNotFoundError(run_id)
+        from eventsourcing.persistence import StoredEvent
+
+        out = []
+        for position, version, topic, state in rows:
+            stored = StoredEvent(
+                originator_id=run_id, originator_version=version, topic=topic, state=bytes(state)
+            )
+            out.append((position, self.mapper.to_domain_event(stored)))
+        return out
+
+    def run_ids(self, batch: int = 1000) -> Iterator[tuple[int, UUID]]:
+        """Every run in the order it was started, with the position of its RunStarted."""
+        topic = get_topic(RunStarted)
+        start: int | None = None
+        while True:
+            notes = self.recorder.select_notifications(
+                start, batch, topics=[topic], inclusive_of_start=False
+            )
+            for note in notes:
+                yield note.id, UUID(str(note.originator_id))
+            if len(notes) < batch:
+                return
+            start = notes[-1].id
+
+    def head(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+
+def _select_with_positions(store: RunStore, run_id: UUID) -> Sequence[Sequence[Any]]:
+    recorder: Any = store.recorder
+    if store.location.kind == "sqlite":
+        sql = (
+            f"SELECT rowid, originator_version, topic, state FROM {recorder.events_table_name} "  # noqa: S608
+            "WHERE originator_id = ? ORDER BY originator_version"
+        )
+        with recorder.datastore.transaction(commit=False) as c:
+            c.execute(sql, (run_id.hex,))
+            return [tuple(row) for row in c.fetchall()]
+    from psycopg.sql import SQL, Identifier
+
+    query = SQL(
+        "SELECT notification_id, originator_version, topic, state FROM {}.{} "
+        "WHERE originator_id = %s ORDER BY originator_version"
+    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(query, (run_id,))
+        return [tuple(row.values()) for row in curs.fetchall()]
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
