@@ -99,7 +99,7 @@ class WorkflowRun(BaseAggregate[UUID]):
     def status(self) -> RunStatus:
         return self.state.status
 
-    def when(self, event: ev.RunEvent) -> None:  # noqa: C901 - one branch per event type
+    def when(self, event: ev.RunEvent) -> None:
         s = self.state
         s.worker_id = event.worker_id
         match event:
@@ -188,7 +188,7 @@ class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):
             state=aggregate.state.model_copy(deep=True),
         )
 
-    def mutate(self, _: None) -> WorkflowRun:  # type: ignore[override]
+    def mutate(self, _: None) -> WorkflowRun:
         cls: type[WorkflowRun] = resolve_topic(self.topic)
         run = cls.__new__(cls)
         run.__base_init__(self.originator_id, self.originator_version, self.created_on)
@@ -196,5 +196,3 @@ class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):
         run.state = self.state.model_copy(deep=True)
         return run
 
-
-WorkflowRun.Snapshot = RunSnapshot  # type: ignore[attr-defined]

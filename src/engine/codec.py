@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import UnknownEventError
 
-_ID_FIELDS = frozenset({"originator_id", "originator_version"})
+_ID_FIELDS = {"originator_id", "originator_version"}
 
 
 class OrjsonTranscoder(Transcoder):

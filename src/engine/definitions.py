@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic_core import PydanticSerializationError
 
 from engine.context import StepContext, current_runner, current_step
-from engine.errors import InvalidInputError, OutputEncodingError
+from engine.errors import ConfigurationError, InvalidInputError, OutputEncodingError
 from engine.retry import DEFAULT_RETRY, RetryPolicy
 
 P = ParamSpec("P")
@@ -36,7 +36,13 @@ class JsonCodec:
 
     @functools.cached_property
     def _adapter(self) -> TypeAdapter[Any]:
-        hints = typing.get_type_hints(self._fn)
+        try:
+            hints = typing.get_type_hints(self._fn)
+        except NameError as e:
+            raise ConfigurationError(
+                f"cannot resolve the return annotation of {self._where}: {e}. Annotations are "
+                "resolved in the module's globals; import the type at module level"
+            ) from e
         return TypeAdapter(hints.get("return", Any))
 
     def encode(self, value: Any) -> Any:
@@ -144,7 +150,7 @@ class Workflow(Generic[P, R]):
                 )
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (hints.get(param.name, Any), default)
-        return create_model(  # type: ignore[no-any-return, call-overload]
+        return create_model(
             f"{self.name}_input", __config__=ConfigDict(extra="forbid"), **fields
         )
 
@@ -169,8 +175,13 @@ class Workflow(Generic[P, R]):
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     def describe_parameters(self) -> str:
-        params = inspect.signature(self.fn).parameters.values()
-        return ", ".join(str(p) for p in params) or "none"
+        fields = self._input_model.model_fields
+        parts = []
+        for name, info in fields.items():
+            ann = info.annotation
+            text = f"{name}: {getattr(ann, '__name__', None) or str(ann).replace('typing.', '')}"
+            parts.append(text if info.is_required() else f"{text} = {info.default!r}")
+        return ", ".join(parts) or "none"
 
 
 def workflow(

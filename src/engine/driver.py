@@ -19,7 +19,7 @@ from engine import events as ev
 from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
 from engine.definitions import Step, Workflow
-from engine.errors import NonDeterminismError, OutputEncodingError
+from engine.errors import ConfigurationError, NonDeterminismError, OutputEncodingError
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
 from engine.store import RunStore
@@ -98,9 +98,11 @@ class RunDriver:
             log.info("run %s preempted: %s", run.id, p.reason)
             return RunResult.of(run)
         except NonDeterminismError:
-            raise
-        except OutputEncodingError:
-            self._save()  # keep completed steps; the bad value itself is never recorded
+            raise  # before any write: the log stays exactly as it was
+        except (OutputEncodingError, ConfigurationError):
+            # The engine could not record something (an unencodable value, a bad annotation):
+            # keep what is valid, leave the run resumable once the code is fixed.
+            self._save()
             raise
         except StepFailedError as e:
             self._fail(e.error_type, e.error_message, e.step_key)

@@ -98,14 +98,14 @@ class Engine:
     def start(
         self,
         workflow: Workflow[..., Any],
-        input: Mapping[str, Any] | None = None,  # noqa: A002
+        input: Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
     ) -> UUID:
         """Record a new run (nothing executes yet). With `key`, starting twice gives one run."""
         self.register(workflow)
         recorded_input = workflow.normalize_input(input)
-        digest = hashlib.sha256(orjson.dumps(recorded_input, option=orjson.OPT_SORT_KEYS))
+        digest = input_digest(recorded_input)
         run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
         run = WorkflowRun.start(
             run_id,
@@ -116,7 +116,7 @@ class Engine:
             entrypoint=workflow.entrypoint,
             code_fingerprint=workflow.fingerprint,
             input=recorded_input,
-            input_digest=digest.hexdigest(),
+            input_digest=digest,
             idempotency_key=key,
         )
         try:
@@ -125,7 +125,7 @@ class Engine:
             if key is None:
                 raise
             existing = self.store.load(run_id)
-            if existing.state.input_digest != digest.hexdigest():
+            if existing.state.input_digest != digest:
                 raise IdempotencyConflictError(key, run_id) from None
             log.info("idempotency key %r: returning existing run %s", key, run_id)
         return run_id
@@ -133,7 +133,7 @@ class Engine:
     def run(
         self,
         workflow: Workflow[..., Any],
-        input: Mapping[str, Any] | None = None,  # noqa: A002
+        input: Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
     ) -> RunResult:
@@ -182,10 +182,23 @@ class Engine:
 
     def runs(self, *, limit: int | None = None) -> list[RunInfo]:
         """Runs in start order (newest last); the last `limit` of them if given."""
-        ids = [run_id for _, run_id in self.store.run_ids()]
+        ids = [started.originator_id for started in self.store.started()]
         if limit is not None:
             ids = ids[-limit:]
         return [RunInfo.of(self.store.load(run_id)) for run_id in ids]
+
+    def unfinished_runs(
+        self, workflow: Workflow[..., Any], input: Mapping[str, Any] | None = None
+    ) -> list[UUID]:
+        """Runs of `workflow` with this very input that have not finished, oldest first."""
+        digest = input_digest(workflow.normalize_input(input))
+        return [
+            started.originator_id
+            for started in self.store.started()
+            if started.workflow == workflow.name
+            and started.input_digest == digest
+            and not self.store.load(started.originator_id).status.is_terminal
+        ]
 
     # -- workflows ------------------------------------------------------------------------
     def _definition_for(self, run: WorkflowRun) -> Workflow[..., Any]:
@@ -200,6 +213,10 @@ class Engine:
             )
         self._workflows[name] = wf
         return wf
+
+
+def input_digest(recorded_input: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(recorded_input, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def load_workflow(reference: str) -> Workflow[..., Any]:

@@ -37,7 +37,7 @@ class PreemptionToken:
         self.reason = ""
 
 
-class Preempted(BaseException):  # noqa: N818 - a signal to unwind, not an error
+class Preempted(BaseException):
     """Unwinds step and workflow code after progress was persisted.
 
     A BaseException so that a user's `except Exception` does not swallow it.

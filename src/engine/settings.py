@@ -1,4 +1,4 @@
-"""The one settings object. Built at the edge (CLI, app factory, embedding code), read nowhere else."""
+"""Settings: built at the edge (CLI, app factory, embedding code), read nowhere else."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
@@ -16,7 +16,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, EnvType, get_topic
 
-from engine.aggregate import WorkflowRun
+from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
 from engine.events import RunEvent, RunStarted
@@ -27,6 +27,7 @@ _STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
 
 class RunStore(Application[UUID]):
     name = "Stepstone"
+    snapshot_class = RunSnapshot
 
     def __init__(self, location: StoreLocation, *, snapshot_interval: int = 200) -> None:
         self.location = location
@@ -39,6 +40,8 @@ class RunStore(Application[UUID]):
         if snapshot_interval:
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
+            if location.kind == "postgres":
+                _probe_postgres(location)
             super().__init__(env=env)
         except _STORE_ERRORS as e:
             raise StoreUnavailableError(location.display, _reason(e)) from e
@@ -75,11 +78,11 @@ class RunStore(Application[UUID]):
             stored = StoredEvent(
                 originator_id=run_id, originator_version=version, topic=topic, state=bytes(state)
             )
-            out.append((position, self.mapper.to_domain_event(stored)))
+            out.append((position, cast(RunEvent, self.mapper.to_domain_event(stored))))
         return out
 
-    def run_ids(self, batch: int = 1000) -> Iterator[tuple[int, UUID]]:
-        """Every run in the order it was started, with the position of its RunStarted."""
+    def started(self, batch: int = 1000) -> Iterator[RunStarted]:
+        """The `RunStarted` event of every run, in the order the runs were started."""
         topic = get_topic(RunStarted)
         start: int | None = None
         while True:
@@ -87,7 +90,7 @@ class RunStore(Application[UUID]):
                 start, batch, topics=[topic], inclusive_of_start=False
             )
             for note in notes:
-                yield note.id, UUID(str(note.originator_id))
+                yield cast(RunStarted, self.mapper.to_domain_event(note))
             if len(notes) < batch:
                 return
             start = notes[-1].id
@@ -100,7 +103,7 @@ def _select_with_positions(store: RunStore, run_id: UUID) -> Sequence[Sequence[A
     recorder: Any = store.recorder
     if store.location.kind == "sqlite":
         sql = (
-            f"SELECT rowid, originator_version, topic, state FROM {recorder.events_table_name} "  # noqa: S608
+            f"SELECT rowid, originator_version, topic, state FROM {recorder.events_table_name} "
             "WHERE originator_id = ? ORDER BY originator_version"
         )
         with recorder.datastore.transaction(commit=False) as c:
@@ -117,6 +120,19 @@ def _select_with_positions(store: RunStore, run_id: UUID) -> Sequence[Sequence[A
         return [tuple(row.values()) for row in curs.fetchall()]
 
 
+def _probe_postgres(location: StoreLocation) -> None:
+    """Connect once directly: the pool would only say it timed out, hiding the real cause."""
+    env = location.env
+    psycopg.connect(
+        dbname=env["POSTGRES_DBNAME"],
+        host=env["POSTGRES_HOST"],
+        port=env["POSTGRES_PORT"],
+        user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"],
+        connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
+    ).close()
+
+
 def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from eventsourcing.utils import get_topic
+
 from engine.errors import ConfigurationError
+from engine.postgres_recorder import OrderedPostgresRecorder
 
 _SQLITE = "sqlite"
 _POSTGRES = ("postgresql", "postgres")
@@ -31,7 +34,9 @@ class StoreLocation:
         return self.url
 
 
-def parse_store_url(url: str, *, connect_timeout_s: float = 5.0, pool_size: int = 2) -> StoreLocation:
+def parse_store_url(
+    url: str, *, connect_timeout_s: float = 5.0, pool_size: int = 2
+) -> StoreLocation:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == _SQLITE:
@@ -82,6 +87,9 @@ def _postgres(url: str, connect_timeout_s: float, pool_size: int) -> StoreLocati
         "POSTGRES_LOCK_TIMEOUT": "30",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
         "POSTGRES_PRE_PING": "y",
+        # One round trip per save that still commits in notification-id order.
+        "APPLICATION_RECORDER_TOPIC": get_topic(OrderedPostgresRecorder),
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
     }
     if "schema" in query:
         env["POSTGRES_SCHEMA"] = query["schema"][0]

@@ -1,0 +1,3 @@
+from stepstone.cli import main
+
+main()

@@ -1,0 +1,250 @@
+"""`stepstone`: run, resume and inspect durable workflows from a shell.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input or usage (nothing written), 75 interrupted
+with progress saved (EX_TEMPFAIL: run the same command again to resume), 130 forced exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+from uuid import UUID
+
+import click
+import orjson
+
+from engine import (
+    Engine,
+    EngineError,
+    RunResult,
+    RunStatus,
+    Settings,
+    Workflow,
+    load_workflow,
+    signals_request_preemption,
+)
+from stepstone import output
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 75
+EXIT_FORCED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def store_options(fn: F) -> F:
+    fn = click.option(
+        "--db", "database_url", metavar="URL",
+        help="Event store URL (default: STEPSTONE_DATABASE_URL, else sqlite:///stepstone.db).",
+    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+@contextmanager
+def open_engine(database_url: str | None, *, create: bool = True) -> Iterator[Engine]:
+    try:
+        settings = Settings(database_url=database_url) if database_url else Settings()
+        engine = Engine(settings, create=create)
+    except EngineError as e:
+        fail(str(e))
+    try:
+        yield engine
+    except EngineError as e:
+        fail(str(e))
+    finally:
+        engine.close()
+
+
+def parse_run_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        fail(f"{text!r} is not a run id (a UUID, as `stepstone runs` prints)")
+
+
+def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
+    """Run `action` with Ctrl-C/SIGTERM routed to the preemption token, then report and exit."""
+
+    def notice(signame: str) -> None:
+        click.echo(
+            f"\n{signame}: finishing the current unit and saving progress "
+            "(press Ctrl-C again to force exit)...",
+            err=True,
+        )
+
+    try:
+        with signals_request_preemption(engine.token, on_first=notice):
+            result = action()
+    except KeyboardInterrupt:
+        click.echo(
+            "forced exit: every recorded event is safe; the unit in flight will run again. "
+            f"Resume with: {resume_hint}",
+            err=True,
+        )
+        sys.exit(EXIT_FORCED)
+    if as_json:
+        output.emit_json(output.result_dict(result))
+    else:
+        output.show_result(result)
+    if result.status is RunStatus.PREEMPTED:
+        info = engine.status(result.run_id)
+        where = f" at step {info.current_step}" if info.current_step else ""
+        click.echo(
+            f"interrupted{where}; progress is saved ({info.steps_completed} steps done). "
+            f"Resume with: {resume_hint}",
+            err=True,
+        )
+        sys.exit(EXIT_PREEMPTED)
+    if result.status is RunStatus.FAILED:
+        sys.exit(EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Stepstone: durable workflows that survive interruption."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--records", default=500_000, show_default=True, type=click.IntRange(1))
+@click.option("--chunk", default=1_000, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=7, show_default=True)
+@click.option("--workdir", default="stepstone-demo", show_default=True,
+              help="Where the generated data set and the output table go.")
+@store_options
+def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | None,
+         as_json: bool) -> None:
+    """Run the demo batch job; interrupt it anytime and run it again to resume."""
+    from stepstone.demo import batch_job
+
+    params = {"records": records, "chunk": chunk, "seed": seed, "workdir": workdir}
+    key = "demo:" + orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
+    with open_engine(database_url) as engine:
+        run_id = engine.start(batch_job, params, key=key)
+        prior = engine.status(run_id).status
+        if prior.is_terminal and not as_json:
+            click.echo(f"run {run_id} already {prior.value}; --seed or --workdir start another",
+                       err=True)
+        elif prior is not RunStatus.PENDING and not as_json:
+            click.echo(f"resuming run {run_id} ({prior.value})", err=True)
+        drive(engine, lambda: engine.resume(run_id), "stepstone demo (the same options)",
+              as_json)
+        if not as_json:
+            digest = engine.result(run_id)["digest"]
+            click.echo(f"result digest: {digest}")
+
+
+@main.command("run")
+@click.argument("reference", metavar="MODULE:WORKFLOW")
+@click.option("--input", "input_json", default="{}", metavar="JSON",
+              help="The workflow's parameters as a JSON object.")
+@click.option("--key", help="Idempotency key: the same key always means the same run.")
+@store_options
+def run_cmd(reference: str, input_json: str, key: str | None, database_url: str | None,
+            as_json: bool) -> None:
+    """Run a workflow; an unfinished run with the same input is resumed instead."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        wf = load_workflow(reference)
+        data = parse_input(input_json)
+        wf.normalize_input(data)
+    except EngineError as e:
+        fail(str(e))
+    with open_engine(database_url) as engine:
+        run_id = key_or_unfinished(engine, wf, data, key)
+        quoted = input_json.replace("'", "'\\''")
+        hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
+        drive(engine, lambda: engine.resume(run_id), f"{hint}  (or: stepstone resume {run_id})",
+              as_json)
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        fail(f"--input is not valid JSON: {e}")
+    if not isinstance(data, dict):
+        fail(f"--input must be a JSON object of parameter names to values, not {text!r}")
+    return data
+
+
+def key_or_unfinished(engine: Engine, wf: Workflow[..., Any], data: dict[str, Any],
+                      key: str | None) -> UUID:
+    if key is None:
+        unfinished = engine.unfinished_runs(wf, data)
+        if unfinished:
+            click.echo(f"resuming unfinished run {unfinished[-1]}", err=True)
+            return unfinished[-1]
+    return engine.start(wf, data, key=key)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--workflow", "reference", metavar="MODULE:WORKFLOW",
+              help="Where the workflow code is, if not where the run recorded it.")
+@store_options
+def resume(run_id: str, reference: str | None, database_url: str | None, as_json: bool) -> None:
+    """Resume a run from where its log says it stopped."""
+    rid = parse_run_id(run_id)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    with open_engine(database_url, create=False) as engine:
+        if reference:
+            engine.register(load_workflow(reference))
+        drive(engine, lambda: engine.resume(rid), f"stepstone resume {rid}", as_json)
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@store_options
+def runs(limit: int, database_url: str | None, as_json: bool) -> None:
+    """List the most recent runs."""
+    with open_engine(database_url, create=False) as engine:
+        infos = engine.runs(limit=limit)
+        if as_json:
+            output.emit_json([output.info_dict(i) for i in infos])
+        else:
+            output.show_runs(infos)
+
+
+@main.command()
+@click.argument("run_id")
+@store_options
+def status(run_id: str, database_url: str | None, as_json: bool) -> None:
+    """Show one run's state as the engine's replay sees it."""
+    rid = parse_run_id(run_id)
+    with open_engine(database_url, create=False) as engine:
+        info = engine.status(rid)
+        if as_json:
+            output.emit_json(output.info_dict(info))
+        else:
+            for name, value in output.info_dict(info).items():
+                click.echo(f"{name:17} {value}")
+
+
+@main.command()
+@click.argument("run_id")
+@store_options
+def history(run_id: str, database_url: str | None, as_json: bool) -> None:
+    """Show a run's events (its audit trail) with their global positions."""
+    rid = parse_run_id(run_id)
+    with open_engine(database_url, create=False) as engine:
+        entries = engine.history(rid)
+        if as_json:
+            for e in entries:
+                output.emit_json(e.__dict__)
+        else:
+            output.show_history(entries)

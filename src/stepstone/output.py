@@ -1,0 +1,57 @@
+"""How the CLI prints: plain lines for people, one JSON document for scripts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import click
+import orjson
+
+from engine import HistoryEntry, RunInfo, RunResult
+
+
+def emit_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode())
+
+
+def result_dict(result: RunResult) -> dict[str, Any]:
+    return asdict(result)
+
+
+def info_dict(info: RunInfo) -> dict[str, Any]:
+    return asdict(info)
+
+
+def show_result(result: RunResult) -> None:
+    click.echo(f"run {result.run_id} {result.status.value}")
+    if result.error_type:
+        click.echo(f"error: {result.error_type}: {result.error_message}")
+    if result.output is not None:
+        click.echo("output: " + orjson.dumps(result.output).decode())
+
+
+def show_runs(infos: list[RunInfo]) -> None:
+    if not infos:
+        click.echo("no runs yet")
+        return
+    click.echo(f"{'RUN ID':36}  {'WORKFLOW':20} {'STATUS':10} {'STEPS':>7}  {'STARTED (UTC)':19}")
+    for i in infos:
+        click.echo(
+            f"{i.run_id!s:36}  {i.workflow[:20]:20} {i.status.value:10} "
+            f"{i.steps_completed:>7}  {i.started_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+def show_history(entries: list[HistoryEntry]) -> None:
+    click.echo(f"{'POS':>7} {'VER':>5}  {'TIME (UTC)':23}  {'EVENT':17} {'WORKER':18} DETAILS")
+    for e in entries:
+        click.echo(
+            f"{e.position:>7} {e.version:>5}  {e.timestamp:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+            + f"  {e.event_type:17} {e.worker_id[:18]:18} {_details(e.fields)}"
+        )
+
+
+def _details(fields: dict[str, Any]) -> str:
+    text = " ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in fields.items() if v is not None)
+    return text if len(text) <= 160 else text[:157] + "..."

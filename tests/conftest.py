@@ -1,0 +1,74 @@
+"""Fixtures shared by the suite: one store per test, on SQLite and on PostgreSQL.
+
+PostgreSQL tests run in a schema of their own, dropped afterwards. With no server they are
+skipped with the reason, except under CI=true, where a missing server fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from engine import Engine, Settings
+
+TESTS_DIR = Path(__file__).parent
+sys.path.insert(0, str(TESTS_DIR))
+
+POSTGRES_URL = os.environ.get(
+    "STEPSTONE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_pg_state: dict[str, str | None] = {}
+
+
+def _postgres_problem() -> str | None:
+    if "problem" not in _pg_state:
+        try:
+            psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+            _pg_state["problem"] = None
+        except psycopg.Error as e:
+            _pg_state["problem"] = f"PostgreSQL not reachable at {POSTGRES_URL}: {e}".strip()
+    return _pg_state["problem"]
+
+
+def require_postgres() -> None:
+    problem = _postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{problem} (CI=true: a missing server is a failure, not a skip)")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped after the test; yields the store URL for it."""
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty event store, once per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        yield request.getfixturevalue("pg_schema")
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    with Engine(Settings(database_url=store_url, worker_id="test-worker")) as e:
+        yield e

@@ -1,0 +1,97 @@
+"""The log itself: snapshots bound loading, unknown events are named errors, fencing holds."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from engine import (
+    Engine,
+    RunConflictError,
+    RunStatus,
+    Settings,
+    UnknownEventError,
+    step,
+    workflow,
+)
+from engine.aggregate import RunSnapshot
+from engine.events import RunResumed, StepStarted
+
+
+@step
+def noop(i: int) -> int:
+    return i
+
+
+@workflow("many-steps")
+def many(n: int) -> int:
+    return sum(noop(i) for i in range(n))
+
+
+def test_snapshots_bound_loading_and_equal_a_full_replay(store_url: str) -> None:
+    with Engine(Settings(database_url=store_url, snapshot_interval=25)) as engine:
+        result = engine.run(many, {"n": 60})
+        assert result.output == sum(range(60))
+        run = engine.store.load(result.run_id)
+        snapshots = list(engine.store.snapshots.get(result.run_id))  # type: ignore[union-attr]
+        assert [s.originator_version for s in snapshots] == [25, 50, 75, 100]
+        assert all(isinstance(s, RunSnapshot) for s in snapshots)
+        # Loading reads only the events after the last snapshot...
+        after = list(engine.store.events.get(result.run_id, gt=snapshots[-1].originator_version))
+        assert len(after) == run.version - 100
+    # ...and gives exactly the state a full replay gives.
+    with Engine(Settings(database_url=store_url, snapshot_interval=0)) as plain:
+        full = plain.store.load(result.run_id)
+    assert full.state == run.state
+    assert full.version == run.version
+    mid = engine_state_at(store_url, result.run_id, 60)
+    assert mid.version == 60
+
+
+def engine_state_at(url: str, run_id: object, version: int) -> object:
+    with Engine.from_url(url) as engine:
+        return engine.store.load(run_id, version=version)  # type: ignore[arg-type]
+
+
+def test_unknown_event_type_is_a_named_error_and_writes_nothing(engine: Engine) -> None:
+    result = engine.run(many, {"n": 1})
+    stored = StoredEvent(
+        originator_id=result.run_id,
+        originator_version=engine.store.load(result.run_id).version + 1,
+        topic="engine.events:StepTeleported",
+        state=b"{}",
+    )
+    engine.store.recorder.insert_events([stored])
+    head = engine.store.head()
+    with pytest.raises(UnknownEventError) as info:
+        engine.status(result.run_id)
+    assert "engine.events:StepTeleported" in str(info.value)
+    assert info.value.version == stored.originator_version
+    assert engine.store.head() == head
+
+
+def test_a_stale_writer_is_fenced_off(engine: Engine) -> None:
+    run_id = engine.start(many, {"n": 2})
+    mine = engine.store.load(run_id)
+    theirs = engine.store.load(run_id)
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    theirs.record(StepStarted, timestamp=now, worker_id="b", step_key="noop#0",
+                  step_name="noop", attempt=1)
+    engine.store.save_run(theirs)
+    mine.record(RunResumed, timestamp=now, worker_id="a", reason="crash_recovery")
+    with pytest.raises(RunConflictError):
+        engine.store.save_run(mine)
+    history = engine.history(run_id)
+    assert [h.worker_id for h in history] == ["test-worker", "b"]
+    assert engine.status(run_id).status is RunStatus.RUNNING
+
+
+def test_unknown_run_id(engine: Engine) -> None:
+    from engine import RunNotFoundError
+
+    with pytest.raises(RunNotFoundError):
+        engine.status(uuid4())
