@@ -178,3 +178,34 @@ def test_workflow_body_error_fails_the_run(engine: Engine) -> None:
     result = engine.run(flow, {})
     assert result.status is RunStatus.FAILED
     assert result.error_type == "RuntimeError"
+
+
+def test_preemptions_do_not_spend_the_retry_budget(engine: Engine) -> None:
+    from engine import step_context
+
+    calls: Counter[str] = Counter()
+
+    @step(retry=RetryPolicy(max_attempts=2, initial_interval_s=0.0))
+    def fragile() -> str:
+        calls["fragile"] += 1
+        ctx = step_context()
+        if calls["fragile"] <= 3:  # interrupted three times, more than max_attempts
+            engine.preempt("maintenance")
+            ctx.checkpoint(calls["fragile"])
+        if calls["fragile"] == 4:
+            raise ConnectionError("one transient failure")
+        return "done"
+
+    @workflow("preempted-often")
+    def flow() -> str:
+        return fragile()
+
+    run_id = engine.start(flow, {})
+    for _ in range(3):
+        assert engine.resume(run_id).status is RunStatus.PREEMPTED
+        engine.token.clear()
+    result = engine.resume(run_id)
+    assert result.status is RunStatus.COMPLETED, result
+    assert calls["fragile"] == 5
+    failed = [h for h in engine.history(run_id) if h.event_type == "StepFailed"]
+    assert [f.fields["retryable"] for f in failed] == [True]

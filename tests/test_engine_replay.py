@@ -180,3 +180,33 @@ def test_step_values_are_the_recorded_ones_on_first_run_and_replay(engine: Engin
 
     # Tuples are recorded as JSON arrays: the workflow sees a list both times.
     assert engine.run(flow, {}).output == ["2026-01-02", "list"]
+
+
+def test_throttled_checkpoints_still_save_the_latest_before_preemption(store_url: str) -> None:
+    from engine import Settings
+
+    settings = Settings(database_url=store_url, checkpoint_min_interval_s=60.0)
+    with Engine(settings) as throttled:
+
+        @step
+        def scan(n: int) -> int:
+            ctx = step_context()
+            start = ctx.last_checkpoint or 0
+            for i in range(start, n):
+                if i == 50 and ctx.attempt == 1:
+                    throttled.preempt("stop")
+                ctx.checkpoint(i + 1)
+            return n
+
+        @workflow("throttled")
+        def flow(n: int) -> int:
+            return scan(n)
+
+        first = throttled.run(flow, {"n": 100})
+        assert first.status is RunStatus.PREEMPTED
+        cps = [h for h in throttled.history(first.run_id) if h.event_type == "StepCheckpointed"]
+        # The first checkpoint is recorded, the next 49 are throttled, and the one asked for
+        # when preemption arrived is recorded before the step unwinds.
+        assert [c.fields["state"] for c in cps] == [1, 51]
+        throttled.token.clear()
+        assert throttled.resume(first.run_id).output == 100

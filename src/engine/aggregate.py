@@ -49,6 +49,7 @@ class StepState(BaseModel):
     key: str
     name: str
     attempt: int
+    failures: int = 0
     status: StepStatus
     started_at: datetime
     output: Any = None
@@ -82,6 +83,7 @@ class WorkflowRun(BaseAggregate[UUID]):
 
     def __init__(self) -> None:
         self.state = RunState()
+        self.snapshot_version = 0  # bookkeeping for the store, not part of the run's state
 
     @classmethod
     def start(cls, run_id: UUID, **fields: Any) -> WorkflowRun:
@@ -123,6 +125,7 @@ class WorkflowRun(BaseAggregate[UUID]):
                     attempt=event.attempt,
                     status=StepStatus.RUNNING,
                     started_at=event.timestamp,
+                    failures=prior.failures if prior else 0,
                     checkpoint_sequence=prior.checkpoint_sequence if prior else 0,
                     checkpoint=prior.checkpoint if prior else None,
                 )
@@ -137,6 +140,7 @@ class WorkflowRun(BaseAggregate[UUID]):
             case ev.StepFailed():
                 step = s.steps[event.step_key]
                 step.status = StepStatus.FAILED
+                step.failures += 1
                 step.error = ErrorInfo(
                     error_type=event.error_type, message=event.message, step_key=event.step_key
                 )
@@ -185,7 +189,7 @@ class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):
             timestamp=aggregate.modified_on,
             topic=get_topic(type(aggregate)),
             created_on=aggregate.created_on,
-            state=aggregate.state.model_copy(deep=True),
+            state=aggregate.state,  # encoded at once by the store; no copy needed
         )
 
     def mutate(self, _: None) -> WorkflowRun:
@@ -194,5 +198,6 @@ class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):
         run.__base_init__(self.originator_id, self.originator_version, self.created_on)
         run.modified_on = self.timestamp
         run.state = self.state.model_copy(deep=True)
+        run.snapshot_version = self.originator_version
         return run
 

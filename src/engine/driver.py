@@ -12,8 +12,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from engine import events as ev
 from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
@@ -31,6 +35,16 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A checkpoint asked for but not yet committed (throttled)."""
+
+    ctx: StepContext
+    state: Any
+    done: int | None
+    total: int | None
 
 
 class StepFailedError(Exception):
@@ -65,7 +79,7 @@ class RunDriver:
         self._history = list(run.steps)
         self._position = 0
         self._ordinals: Counter[str] = Counter()
-        self._pending_checkpoint: tuple[StepContext, Any, Any, int | None, int | None] | None = None
+        self._pending_checkpoint: _Checkpoint | None = None
         self._last_checkpoint_at = 0.0
 
     # -- recording ------------------------------------------------------------------------
@@ -209,9 +223,11 @@ class RunDriver:
     def _record_failure(
         self, step: Step[..., Any], key: str, attempt: int, error: Exception, duration_s: float
     ) -> datetime | None:
-        retryable = step.retry.is_retryable(error) and attempt < step.retry.max_attempts
+        # Only failures spend the retry budget: a crash or a preemption is not the step's fault.
+        failures = self.run.steps[key].failures + 1
+        retryable = step.retry.is_retryable(error) and failures < step.retry.max_attempts
         due = (
-            self.clock() + timedelta(seconds=step.retry.delay_s(attempt)) if retryable else None
+            self.clock() + timedelta(seconds=step.retry.delay_s(failures)) if retryable else None
         )
         self._record(
             ev.StepFailed,
@@ -250,7 +266,7 @@ class RunDriver:
         ctx.last_checkpoint = encoded
         now = time.monotonic()
         throttled = now - self._last_checkpoint_at < self.checkpoint_min_interval_s
-        self._pending_checkpoint = (ctx, encoded, None, done, total)
+        self._pending_checkpoint = _Checkpoint(ctx, encoded, done, total)
         if not throttled or self.token.requested:
             self._flush_checkpoint()
             self._last_checkpoint_at = now
@@ -260,26 +276,25 @@ class RunDriver:
     def _flush_checkpoint(self) -> None:
         if self._pending_checkpoint is None:
             return
-        ctx, encoded, _, done, total = self._pending_checkpoint
-        self._pending_checkpoint = None
+        cp, self._pending_checkpoint = self._pending_checkpoint, None
         self._record(
             ev.StepCheckpointed,
-            step_key=ctx.step_key,
-            attempt=ctx.attempt,
-            sequence=ctx.checkpoint_sequence,
-            state=encoded,
-            progress_done=done,
-            progress_total=total,
+            step_key=cp.ctx.step_key,
+            attempt=cp.ctx.attempt,
+            sequence=cp.ctx.checkpoint_sequence,
+            state=cp.state,
+            progress_done=cp.done,
+            progress_total=cp.total,
         )
         self._save()
 
 
-def _encode_checkpoint(step_key: str, state: Any) -> Any:
-    from pydantic import TypeAdapter
-    from pydantic_core import PydanticSerializationError
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
+
+def _encode_checkpoint(step_key: str, state: Any) -> Any:
     try:
-        return TypeAdapter(Any).dump_python(state, mode="json")
+        return _ANY.dump_python(state, mode="json")
     except PydanticSerializationError as e:
         raise OutputEncodingError(
             f"the checkpoint of step {step_key!r}", type(state).__qualname__, str(e)

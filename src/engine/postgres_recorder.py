@@ -25,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 
@@ -48,11 +49,15 @@ class OrderedPostgresRecorder(PostgresApplicationRecorder):
         # The library reads the returned column by this name (a set-returning function's
         # column is named after the function).
         self.pg_function_name_insert_events = name
-        self.sql_invoke_pg_function_insert_events = SQL("SELECT * FROM {}.{}((%s))").format(
-            schema, Identifier(name)
-        )
+        # Parallel arrays, not the library's composite-type array: psycopg dumps composites
+        # as text with regex escaping of every payload, while uuid[]/bigint[]/text[]/bytea[]
+        # go over the wire in binary with its C dumpers.
+        self.sql_invoke_pg_function_insert_events = SQL(
+            "SELECT * FROM {}.{}(%s, %s, %s, %s)"
+        ).format(schema, Identifier(name))
         self.sql_create_pg_function_insert_events = SQL(
-            "CREATE OR REPLACE FUNCTION {schema}.{fn}(events {schema}.{event_type}[]) "
+            "CREATE OR REPLACE FUNCTION {schema}.{fn}("
+            "ids uuid[], versions bigint[], topics text[], states bytea[]) "
             "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
             "BEGIN "
             "SET LOCAL lock_timeout = '{lock_timeout}s'; "
@@ -60,13 +65,12 @@ class OrderedPostgresRecorder(PostgresApplicationRecorder):
             "NOTIFY {channel}; "
             "RETURN QUERY "
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT originator_id, originator_version, topic, state FROM unnest(events) "
+            "SELECT * FROM unnest(ids, versions, topics, states) "
             "RETURNING notification_id; "
             "END; $BODY$"
         ).format(
             schema=schema,
             fn=Identifier(name),
-            event_type=Identifier(self.stored_event_type_name),
             lock_timeout=datastore.lock_timeout,
             table=table,
             channel=Identifier(self.channel_name),
@@ -75,11 +79,20 @@ class OrderedPostgresRecorder(PostgresApplicationRecorder):
         index = self.create_insert_function_statement_index
         self.sql_create_statements[index] = self.sql_create_pg_function_insert_events
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        # The library's function path would lock, notify and commit for an empty save.
+        # One autocommit call; a duplicate (run id, version) raises IntegrityError through
+        # the datastore's translation, which is the engine's optimistic-concurrency fence.
         if not stored_events:
             return None
-        ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
-        return ids
+        params = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
+            curs.execute(self.sql_invoke_pg_function_insert_events, params, prepare=True)
+            return [row[self.pg_function_name_insert_events] for row in curs.fetchall()]

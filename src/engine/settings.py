@@ -31,7 +31,7 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0.0,
         description="record at most one checkpoint per step per this many seconds; the latest "
-        "one is still recorded before a preemption, failure or completion",
+        "one is still recorded before a preemption or a failure",
     )
     postgres_pool_size: int = Field(default=2, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)

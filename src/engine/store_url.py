@@ -59,7 +59,7 @@ def _sqlite(url: str, raw: str) -> StoreLocation:
         )
     path = Path(unquote(path_text))
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "PERSISTENCE_MODULE": "engine.sqlite_durable",
         "SQLITE_DBNAME": str(path),
         "SQLITE_LOCK_TIMEOUT": "30",
     }
@@ -86,7 +86,9 @@ def _postgres(url: str, connect_timeout_s: float, pool_size: int) -> StoreLocati
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_LOCK_TIMEOUT": "30",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
-        "POSTGRES_PRE_PING": "y",
+        # No pre-ping: it costs a round trip per save, and every recorder call already retries
+        # on a dead connection (the library's @retry on Interface/OperationalError).
+        "POSTGRES_PRE_PING": "n",
         # One round trip per save that still commits in notification-id order.
         "APPLICATION_RECORDER_TOPIC": get_topic(OrderedPostgresRecorder),
         "POSTGRES_ENABLE_DB_FUNCTIONS": "y",

@@ -1,0 +1,34 @@
+"""compose.yaml is for users (Docker does not run here): check it parses and names real commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from stepstone.cli import main
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_compose_file_parses_and_every_command_exists_in_the_cli() -> None:
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = doc["services"]
+    assert "postgres" in services
+    commands = [s["command"] for s in services.values() if "command" in s]
+    assert commands
+    ctx = click.Context(main)
+    for command in commands:
+        program, sub, *args = command
+        assert program == "stepstone"
+        found = main.get_command(ctx, sub)
+        assert found is not None, f"compose.yaml runs `stepstone {sub}`, which does not exist"
+        known = {opt for p in found.params for opt in getattr(p, "opts", [])}
+        for arg in args:
+            if arg.startswith("--"):
+                assert arg.split("=")[0] in known, f"`stepstone {sub}` has no option {arg}"
+    for service in services.values():
+        url = service.get("environment", {}).get("STEPSTONE_DATABASE_URL")
+        if url:
+            assert url.startswith("postgresql://")
