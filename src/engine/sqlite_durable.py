@@ -16,7 +16,7 @@ from eventsourcing.utils import Environment, EnvType
 class DurableSQLiteConnectionPool(library.SQLiteConnectionPool):
     def _create_connection(self) -> library.SQLiteConnection:
         connection = super()._create_connection()
-        connection._sqlite_conn.execute("PRAGMA synchronous=FULL")  # noqa: SLF001
+        connection._sqlite_conn.execute("PRAGMA synchronous=FULL")
         return connection
 
 
