@@ -210,3 +210,39 @@ def test_throttled_checkpoints_still_save_the_latest_before_preemption(store_url
         assert [c.fields["state"] for c in cps] == [1, 51]
         throttled.token.clear()
         assert throttled.resume(first.run_id).output == 100
+
+
+def test_a_workflow_cannot_swallow_a_divergence(engine: Engine, store_url: str) -> None:
+    @step
+    def first() -> int:
+        return 1
+
+    @step
+    def hold() -> int:
+        engine.preempt("stop")
+        step_context().checkpoint(None)
+        return 2
+
+    @step
+    def other() -> int:
+        return 3
+
+    @workflow("swallowing")
+    def before() -> int:
+        return first() + hold()
+
+    @workflow("swallowing")
+    def after() -> int:
+        try:
+            return other() + hold()
+        except Exception:  # careless user code
+            return -1
+
+    run_id = engine.run(before, {}).run_id
+    log = engine.history(run_id)
+    with (
+        Engine.from_url(store_url, workflows=[after]) as changed,
+        pytest.raises(NonDeterminismError, match="'first#0'"),
+    ):
+        changed.resume(run_id)
+    assert engine.history(run_id) == log

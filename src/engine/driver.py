@@ -80,6 +80,7 @@ class RunDriver:
         self._position = 0
         self._ordinals: Counter[str] = Counter()
         self._pending_checkpoint: _Checkpoint | None = None
+        self._divergence: NonDeterminismError | None = None
         self._last_checkpoint_at = 0.0
 
     # -- recording ------------------------------------------------------------------------
@@ -101,6 +102,8 @@ class RunDriver:
         reset = current_runner.set(self)
         try:
             output = self.definition.fn(**self.definition.bind_input(run.state.input))
+            if self._divergence is not None:
+                raise self._divergence  # even if the workflow body caught it
             if self._position < len(self._history):
                 raise NonDeterminismError(
                     run.id, self._position, self._history[self._position], "<end of workflow>"
@@ -122,6 +125,9 @@ class RunDriver:
             self._fail(e.error_type, e.error_message, e.step_key)
             return RunResult.of(run)
         except Exception as e:  # the workflow body itself raised
+            if self._divergence is not None:
+                raise self._divergence from e
+
             self._fail(type(e).__name__, str(e), None)
             return RunResult.of(run)
         finally:
@@ -142,6 +148,8 @@ class RunDriver:
                 f"step {step.name!r} was called from inside another step; call steps from the "
                 "workflow body so each is recorded on its own"
             )
+        if self._divergence is not None:
+            raise self._divergence
         ordinal = self._ordinals[step.name]
         self._ordinals[step.name] += 1
         key = f"{step.name}#{ordinal}"
@@ -149,7 +157,11 @@ class RunDriver:
         if self._position < len(self._history):
             expected = self._history[self._position]
             if expected != key:
-                raise NonDeterminismError(self.run.id, self._position, expected, key)
+                # Remembered: workflow code that catches it cannot carry on past a divergence.
+                self._divergence = NonDeterminismError(
+                    self.run.id, self._position, expected, key
+                )
+                raise self._divergence
             recorded = self.run.steps[key]
         self._position += 1
         if recorded is not None:

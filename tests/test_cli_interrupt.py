@@ -1,0 +1,67 @@
+"""A second Ctrl-C forces exit at once, and even then nothing recorded is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import Engine
+
+DEMO = "from stepstone.cli import main; main()"
+
+
+def demo(tmp: Path, url: str) -> list[str]:
+    # Large chunks: the first Ctrl-C waits for the chunk's checkpoint, the second lands first.
+    return [sys.executable, "-c", DEMO, "demo", "--records", "200000", "--chunk", "20000",
+            "--workdir", str(tmp / "work"), "--db", url]
+
+
+def checkpoints(url: str) -> int:
+    try:
+        with Engine.from_url(url, create=False) as engine:
+            runs = engine.runs()
+            if not runs:
+                return 0
+            history = engine.history(runs[0].run_id)
+    except Exception:  # the store is still being created by the child
+        return 0
+    return sum(1 for h in history if h.event_type == "StepCheckpointed")
+
+
+def test_second_ctrl_c_forces_exit_and_loses_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    proc = subprocess.Popen(demo(tmp_path, url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while checkpoints(url) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.05)  # two signals sent at once would be delivered as one
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "forced exit: every recorded event is safe" in err
+    recorded = checkpoints(url)
+    assert recorded >= 2
+
+    again = subprocess.run(demo(tmp_path, url), capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    digest = again.stdout.strip().splitlines()[-1]
+    assert digest.startswith("result digest: ")
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    clean = subprocess.run(demo(fresh, f"sqlite:///{fresh / 'store.db'}"), capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert clean.stdout.strip().splitlines()[-1] == digest
