@@ -124,6 +124,64 @@ def raw_sqlite(path: Path, n: int, repeat: int, explicit: bool) -> Rate:
         conn.close()
 
 
+_STATE = b"x" * 300  # about the size of an encoded StepStarted/StepCompleted
+
+
+def raw_sqlite_log_shape(path: Path, n: int, repeat: int) -> Rate:
+    """Two ~300 B rows per commit into a table shaped like the event log (two B-trees)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(
+            "CREATE TABLE raw_log (originator_id TEXT, originator_version INTEGER, topic TEXT, "
+            "state BLOB, PRIMARY KEY (originator_id, originator_version))"
+        )
+        run_id = uuid.uuid4().hex
+        version = iter(range(1, 10**9))
+
+        def body() -> None:
+            for _ in range(n):
+                conn.execute("BEGIN")
+                for _ in range(2):
+                    conn.execute(
+                        "INSERT INTO raw_log VALUES (?, ?, 't', ?)", (run_id, next(version), _STATE)
+                    )
+                conn.execute("COMMIT")
+
+        body()  # warm-up
+        return timed(repeat, n, body)
+    finally:
+        conn.close()
+
+
+def raw_postgres_log_shape(url: str, schema: str, n: int, repeat: int) -> Rate:
+    """Two ~300 B rows per commit into a table shaped like the event log (PK + global id)."""
+    table = sql.Identifier(schema, "raw_log")
+    insert = sql.SQL(
+        "INSERT INTO {} (originator_id, originator_version, state) "
+        "VALUES (%s, %s, %s), (%s, %s, %s)"
+    ).format(table)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (originator_id uuid, originator_version bigint, state bytea, "
+                "notification_id bigserial UNIQUE, PRIMARY KEY (originator_id, originator_version))"
+            ).format(table)
+        )
+        run_id = uuid.uuid4()
+        version = iter(range(1, 10**9, 2))
+
+        def body() -> None:
+            for _ in range(n):
+                v = next(version)
+                conn.execute(insert, (run_id, v, _STATE, run_id, v + 1, _STATE), prepare=True)
+
+        body()  # warm-up
+        return timed(repeat, n, body)
+
+
 def raw_postgres(url: str, schema: str, n: int, repeat: int, explicit: bool) -> Rate:
     table = sql.Identifier(schema, "raw_commits")
     insert = sql.SQL("INSERT INTO {} (v) VALUES (%s)").format(table)
@@ -341,11 +399,13 @@ class Column:
     name: str
     cells: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    log_shape: Rate | None = None
 
 
 ROWS = [
     ("raw", "raw commits/s: 1-row INSERT, autocommit"),
     ("raw_explicit", "raw commits/s: BEGIN; INSERT; COMMIT"),
+    ("raw_log", "raw commits/s: 2 x 300 B rows, the log's two indexes"),
     ("es_stock", "eventsourcing saves/s, stock recorder"),
     ("es_fn", "eventsourcing saves/s, stock db function (unordered!)"),
     ("es_ours", "eventsourcing saves/s, Stepstone recorder"),
@@ -353,6 +413,7 @@ ROWS = [
     ("engine_share", "  as % of raw autocommit row (aim >= 60%)"),
     ("events", "  events per step"),
     ("commits", "  commits per step (events + snapshots)"),
+    ("engine_log_share", "  as % of raw log-shaped commits"),
     ("engine_nosnap", "Stepstone steps/s, snapshot_interval=0"),
     ("engine_nosnap_share", "  as % of raw autocommit row"),
     ("dbos", "DBOS steps/s"),
@@ -365,6 +426,7 @@ def measure_sqlite(args: argparse.Namespace, tmp: Path, col: Column) -> None:
     raw = raw_sqlite(tmp / "raw.db", n, k, explicit=False)
     col.cells["raw"] = raw.cell()
     col.cells["raw_explicit"] = raw_sqlite(tmp / "raw2.db", n, k, explicit=True).cell()
+    col.log_shape = raw_sqlite_log_shape(tmp / "raw3.db", n, k)
     col.cells["es_stock"] = eventsourcing_saves(stock_sqlite_env(tmp / "es.db"), n, k).cell()
     col.cells["es_fn"] = col.cells["es_ours"] = "n/a"
     fill_engine(col, raw, engine_steps(f"sqlite:///{tmp / 'engine.db'}", n, k))
@@ -386,6 +448,7 @@ def measure_postgres(args: argparse.Namespace, scratch: Scratch, col: Column) ->
     raw = raw_postgres(url, scratch.schema("raw"), n, k, explicit=False)
     col.cells["raw"] = raw.cell()
     col.cells["raw_explicit"] = raw_postgres(url, scratch.schema("raw2"), n, k, True).cell()
+    col.log_shape = raw_postgres_log_shape(url, scratch.schema("raw3"), n, k)
     col.cells["es_stock"] = eventsourcing_saves(
         stock_postgres_env(url, scratch.schema("es")), n, k
     ).cell()
@@ -417,6 +480,9 @@ def fill_dbos(col: Column, raw: Rate, measure: Callable[[], Rate]) -> None:
 def fill_engine(col: Column, raw: Rate, figures: EngineFigures) -> None:
     col.cells["engine"] = figures.rate.cell()
     col.cells["engine_share"] = share(figures.rate, raw)
+    if col.log_shape is not None:
+        col.cells["raw_log"] = col.log_shape.cell()
+        col.cells["engine_log_share"] = share(figures.rate, col.log_shape)
     col.cells["events"] = f"{figures.events_per_step:.3f}"
     col.cells["commits"] = (
         f"{figures.event_commits_per_step + figures.snapshot_commits_per_step:.3f} "
