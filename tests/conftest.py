@@ -10,6 +10,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -45,18 +46,25 @@ def require_postgres() -> None:
     pytest.skip(problem)
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema, dropped after the test; yields the store URL for it."""
-    require_postgres()
+@contextmanager
+def scratch_schema(postgres_url: str = POSTGRES_URL) -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards; yields the store URL for it."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield f"{POSTGRES_URL}?schema={schema}"
+        yield f"{postgres_url}?schema={schema}"
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """The store URL of a PostgreSQL schema of the test's own."""
+    require_postgres()
+    with scratch_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

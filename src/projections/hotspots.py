@@ -1,0 +1,90 @@
+"""The interruption hotspots view: per workflow and step, how often attempts go wrong.
+
+- `crashes`: a step started again while its previous attempt had no recorded end (completed,
+  failed or preempted): the worker died under it;
+- `retries`: attempts after the first (for any reason: a failure, a preemption, a crash);
+- `failures`, `preemptions`: the step's failed and preempted attempts; `attempts`: all of them.
+
+Step events do not carry the workflow, and a crash is only visible against the previous
+attempt, so the view keeps per run its workflow and its attempts without an end in a private
+table (`..._hotspots_runs`): the view can be dropped and rebuilt alone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from projections.facts import Fact
+from projections.sql import Rows, Table, Tx
+from projections.view import View, touched_runs
+
+HOTSPOTS = Table(
+    name="hotspots",
+    columns=(
+        ("workflow", "text"),
+        ("step_name", "text"),
+        ("attempts", "int"),
+        ("retries", "int"),
+        ("failures", "int"),
+        ("preemptions", "int"),
+        ("crashes", "int"),
+    ),
+    key=("workflow", "step_name"),
+)
+HOTSPOTS_RUNS = Table(
+    name="hotspots_runs",
+    columns=(("run_id", "uuid"), ("workflow", "text"), ("open_steps", "text")),
+    key=("run_id",),
+)
+_COUNTERS = HOTSPOTS.column_names[2:]
+_STEP_KINDS = frozenset({"StepStarted", "StepCompleted", "StepFailed", "StepPreempted"})
+_KINDS = _STEP_KINDS | {"RunStarted"}
+
+
+class HotspotsView(View):
+    name = "hotspots"
+    tables = (HOTSPOTS, HOTSPOTS_RUNS)
+
+    def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
+        steps = [f for f in facts if f.kind in _STEP_KINDS]
+        return tx.select(self.bound[1], HOTSPOTS_RUNS.column_names, touched_runs(steps))
+
+    def apply(self, tx: Tx, facts: Sequence[Fact], loaded: list[list[Any]]) -> None:
+        counts, states_table = self.bound
+        facts = [f for f in facts if f.kind in _KINDS]
+        # run id -> [workflow, {step key: step name} of attempts without an end, as stored]
+        states: dict[str, list[Any]] = {
+            run_id: [workflow, orjson.loads(open_steps), open_steps]
+            for run_id, workflow, open_steps in loaded
+        }
+        deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 5)
+        for fact in facts:
+            d = fact.data
+            if fact.kind == "RunStarted":
+                states[fact.run_id] = [d["workflow"], {}, None]
+                continue
+            workflow, open_steps, _ = states.setdefault(fact.run_id, ["", {}, None])
+            key = d["step_key"]
+            if fact.kind == "StepStarted":
+                c = deltas[(workflow, d["step_name"])]
+                c[0] += 1
+                c[1] += d["attempt"] > 1
+                c[4] += key in open_steps
+                open_steps[key] = d["step_name"]
+                continue
+            name = open_steps.pop(key, None) or key.rpartition("#")[0] or key
+            if fact.kind == "StepFailed":
+                deltas[(workflow, name)][2] += 1
+            elif fact.kind == "StepPreempted":
+                deltas[(workflow, name)][3] += 1
+        rows: list[Sequence[Any]] = []
+        for run_id, (workflow, open_steps, stored) in states.items():
+            now = orjson.dumps(open_steps).decode()
+            if now != stored:  # most batches start and end a step: nothing to write
+                rows.append((run_id, workflow, now))
+        tx.upsert(states_table, rows)
+        tx.upsert(counts, [(*k, *v) for k, v in deltas.items()], add=True)

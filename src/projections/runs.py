@@ -1,0 +1,134 @@
+"""The runs view: one row per run, what the progress API lists and a user queries first.
+
+Its status, steps done, steps started and attempts agree with the engine's own replay
+(`engine.RunInfo`); the tests check that run by run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from projections.facts import Fact
+from projections.sql import Rows, Table, Tx
+from projections.view import STATUS_AFTER, TERMINAL, View, touched_runs
+
+RUNS = Table(
+    name="runs",
+    columns=(
+        ("run_id", "uuid"),
+        ("workflow", "text"),
+        ("workflow_version", "int"),
+        ("status", "text"),
+        ("current_step", "text"),
+        ("current_step_status", "text"),
+        ("steps_done", "int"),
+        ("steps_started", "int"),
+        ("progress_done", "int"),
+        ("progress_total", "int"),
+        ("attempts", "int"),
+        ("retries", "int"),
+        ("preemptions", "int"),
+        ("crashes", "int"),
+        ("interruptions", "int"),
+        ("worker", "text"),
+        ("started_at", "ts"),
+        ("updated_at", "ts"),
+        ("finished_at", "ts"),
+        ("last_error_type", "text"),
+        ("last_error_message", "text"),
+        ("last_error_step", "text"),
+        ("last_position", "int"),
+    ),
+    key=("run_id",),
+    indexes=(("workflow", "status"),),
+)
+_COLUMNS = RUNS.column_names
+
+
+def _new_row(run_id: str) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(_COLUMNS)
+    row.update(run_id=run_id, workflow="", workflow_version=0, status="pending")
+    for counter in ("steps_done", "steps_started", "attempts", "retries", "preemptions",
+                    "crashes", "interruptions"):
+        row[counter] = 0
+    return row
+
+
+class RunsView(View):
+    name = "runs"
+    tables = (RUNS,)
+
+    def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
+        return tx.select(self.bound[0], _COLUMNS, touched_runs(facts))
+
+    def apply(self, tx: Tx, facts: Sequence[Fact], loaded: list[list[Any]]) -> None:
+        rows = {values[0]: dict(zip(_COLUMNS, values, strict=True)) for values in loaded}
+        for fact in facts:
+            row = rows.get(fact.run_id)
+            if row is None:
+                row = rows[fact.run_id] = _new_row(fact.run_id)
+            _apply(row, fact)
+        tx.upsert(self.bound[0], [tuple(row[c] for c in _COLUMNS) for row in rows.values()])
+
+
+def _apply(row: dict[str, Any], fact: Fact) -> None:
+    kind, d = fact.kind, fact.data
+    ts = d["timestamp"]
+    row["updated_at"] = ts
+    row["worker"] = d["worker_id"]
+    row["last_position"] = fact.position
+    status = STATUS_AFTER.get(kind)
+    if status is not None:
+        row["status"] = status
+    if kind == "StepStarted":
+        key = d["step_key"]
+        same = key == row["current_step"]
+        if same and row["current_step_status"] == "running":
+            # The previous attempt never recorded an end: its worker died.
+            row["crashes"] += 1
+            row["interruptions"] += 1
+        if not same:
+            row["steps_started"] += 1
+            row["progress_done"] = row["progress_total"] = None
+        row["attempts"] += 1
+        if d["attempt"] > 1:
+            row["retries"] += 1
+        row["current_step"] = key
+        row["current_step_status"] = "running"
+    elif kind == "StepCheckpointed":
+        if d["step_key"] == row["current_step"] and d.get("progress_total") is not None:
+            row["progress_done"] = d.get("progress_done")
+            row["progress_total"] = d["progress_total"]
+    elif kind == "StepCompleted":
+        row["steps_done"] += 1
+        if d["step_key"] == row["current_step"]:
+            _leave_step(row)
+    elif kind == "StepFailed":
+        row["last_error_type"] = d["error_type"]
+        row["last_error_message"] = d["message"]
+        row["last_error_step"] = d["step_key"]
+        if d["step_key"] == row["current_step"]:
+            row["current_step_status"] = "failed"
+    elif kind == "StepPreempted":
+        if d["step_key"] == row["current_step"]:
+            row["current_step_status"] = "preempted"
+    elif kind == "RunStarted":
+        row["workflow"] = d["workflow"]
+        row["workflow_version"] = d["workflow_version"]
+        row["started_at"] = ts
+    elif kind == "RunPreempted":
+        row["preemptions"] += 1
+        row["interruptions"] += 1
+    elif kind == "RunFailed":
+        row["last_error_type"] = d["error_type"]
+        row["last_error_message"] = d["message"]
+        row["last_error_step"] = d["step_key"]
+    if status in TERMINAL:
+        row["finished_at"] = ts
+        _leave_step(row)
+
+
+def _leave_step(row: dict[str, Any]) -> None:
+    row["current_step"] = row["current_step_status"] = None
+    row["progress_done"] = row["progress_total"] = None

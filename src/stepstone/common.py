@@ -1,0 +1,55 @@
+"""What every command shares: store options, opening the engine, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+from uuid import UUID
+
+import click
+
+from engine import Engine, EngineError, Settings
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 75
+EXIT_FORCED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def store_options(fn: F) -> F:
+    fn = click.option(
+        "--db", "database_url", metavar="URL",
+        help="Event store URL (default: STEPSTONE_DATABASE_URL, else sqlite:///stepstone.db).",
+    )(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+@contextmanager
+def open_engine(database_url: str | None, *, create: bool = True) -> Iterator[Engine]:
+    try:
+        settings = Settings(database_url=database_url) if database_url else Settings()
+        engine = Engine(settings, create=create)
+    except EngineError as e:
+        fail(str(e))
+    try:
+        yield engine
+    except EngineError as e:
+        fail(str(e))
+    finally:
+        engine.close()
+
+
+def parse_run_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        fail(f"{text!r} is not a run id (a UUID, as `stepstone runs` prints)")
