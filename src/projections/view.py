@@ -8,6 +8,7 @@ record per shard log.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -61,11 +62,13 @@ class View(Projection[TrackingRecorder]):
         self.lock_name = self.table
         self.unfinished = self.defers_work
 
+    @abstractmethod
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
-        raise NotImplementedError
+        """Ask, inside `tx`, for the existing rows that `facts` will change."""
 
+    @abstractmethod
     def apply(self, tx: Tx, facts: Sequence[Fact], rows: list[list[Any]]) -> None:
-        raise NotImplementedError
+        """Write the rows `facts` make of `rows` (what `load` returned)."""
 
     def finish(self, tx: Tx) -> None:
         """Work deferred until caught up; nothing by default."""
