@@ -6,6 +6,7 @@ events whose uniqueness on (run id, version) is the optimistic-concurrency fence
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -18,6 +19,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     OperationalError,
     PersistenceError,
+    StoredEvent,
 )
 from eventsourcing.utils import Environment, EnvType, get_topic, retry
 
@@ -26,6 +28,8 @@ from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
 from engine.events import RunEvent, RunStarted
 from engine.store_url import StoreLocation
+
+log = logging.getLogger("stepstone.engine")
 
 _STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
 
@@ -82,8 +86,16 @@ class RunStore(Application[UUID]):
         if self.snapshots is not None:
             for run in runs:
                 if run.version - run.snapshot_version >= self._snapshot_gap(run):
-                    self.snapshots.put([RunSnapshot.take(run)])
-                    run.snapshot_version = run.version
+                    self._snapshot(run)
+
+    def _snapshot(self, run: WorkflowRun) -> None:
+        # The run's events are committed already; a snapshot only saves reading them again,
+        # so failing to store one must not fail the save.
+        try:
+            self.snapshots.put([RunSnapshot.take(run)])  # type: ignore[union-attr]
+        except _STORE_ERRORS as e:
+            log.warning("no snapshot of run %s at version %d: %s", run.id, run.version, e)
+        run.snapshot_version = run.version
 
     def _snapshot_gap(self, run: WorkflowRun) -> int:
         # A snapshot holds every step's record, so its cost grows with the run; spacing them by
@@ -96,8 +108,6 @@ class RunStore(Application[UUID]):
         rows = _select_with_positions(self, run_id)
         if not rows:
             raise RunNotFoundError(run_id)
-        from eventsourcing.persistence import StoredEvent
-
         out = []
         for position, version, topic, state in rows:
             stored = StoredEvent(
