@@ -94,8 +94,9 @@ class RunConflictError(EngineError):
     def __init__(self, run_id: UUID) -> None:
         self.run_id = run_id
         super().__init__(
-            f"run {run_id} was changed by another worker since it was loaded; "
-            "this worker's pending events were not written"
+            f"run {run_id} was changed by another worker since this one loaded it (is another "
+            "process driving it?); nothing of this worker's was written. "
+            f"`stepstone status {run_id}` shows where it stands"
         )
 
 
