@@ -15,17 +15,21 @@ if TYPE_CHECKING:
 
 
 class StepRunner(Protocol):
+    """What a `Step` calls when a workflow run is driving this thread (the RunDriver)."""
+
     def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ...
+        """Replay the step's recorded outcome, or run and record a new attempt."""
 
 
 class CheckpointSink(Protocol):
+    """Where a running step's checkpoints go (the RunDriver); kept abstract for tests."""
+
     def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
-        ...
+        """Record `state` durably; unwind with `Preempted` if preemption was requested."""
 
     @property
     def preemption_requested(self) -> bool:
-        ...
+        """Whether the run's preemption token is set."""
 
 
 class StepContext:

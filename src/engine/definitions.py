@@ -27,15 +27,23 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class JsonCodec:
-    """Encodes a value to JSON-compatible data through its declared type, and back."""
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
-    def __init__(self, fn: Callable[..., Any], where: str) -> None:
+
+class JsonCodec:
+    """Encodes a value to JSON-compatible data through its declared type, and back.
+
+    The type is `fn`'s return annotation, or `Any` without `fn` (checkpoint states).
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None, where: str) -> None:
         self._fn = fn
         self._where = where
 
     @functools.cached_property
     def _adapter(self) -> TypeAdapter[Any]:
+        if self._fn is None:
+            return _ANY
         try:
             hints = typing.get_type_hints(self._fn)
         except NameError as e:

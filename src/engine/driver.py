@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import TypeAdapter
-from pydantic_core import PydanticSerializationError
-
 from engine import events as ev
 from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
-from engine.definitions import Step, Workflow
+from engine.definitions import JsonCodec, Step, Workflow
 from engine.errors import ConfigurationError, NonDeterminismError, OutputEncodingError
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
@@ -273,7 +270,7 @@ class RunDriver:
         return self.token.requested
 
     def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
-        encoded = _encode_checkpoint(ctx.step_key, state)
+        encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
         ctx.checkpoint_sequence += 1
         ctx.last_checkpoint = encoded
         now = time.monotonic()
@@ -299,18 +296,6 @@ class RunDriver:
             progress_total=cp.total,
         )
         self._save()
-
-
-_ANY: TypeAdapter[Any] = TypeAdapter(Any)
-
-
-def _encode_checkpoint(step_key: str, state: Any) -> Any:
-    try:
-        return _ANY.dump_python(state, mode="json")
-    except PydanticSerializationError as e:
-        raise OutputEncodingError(
-            f"the checkpoint of step {step_key!r}", type(state).__qualname__, str(e)
-        ) from e
 
 
 def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:

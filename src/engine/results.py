@@ -79,6 +79,10 @@ class RunResult:
         )
 
 
+# Shown as the entry's own attributes (or of no use to a reader), not among its fields.
+_ENVELOPE = {"originator_id", "originator_version", "timestamp", "worker_id", "originator_topic"}
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     """One event of a run, with its global position in the log."""
@@ -92,12 +96,11 @@ class HistoryEntry:
 
     @classmethod
     def of(cls, position: int, event: RunEvent) -> HistoryEntry:
-        skip = {"originator_id", "originator_version", "timestamp", "worker_id", "originator_topic"}
         return cls(
             position=position,
             version=event.originator_version,
             timestamp=event.timestamp,
             event_type=type(event).__name__,
             worker_id=event.worker_id,
-            fields=event.model_dump(mode="json", exclude=skip),
+            fields=event.model_dump(mode="json", exclude=_ENVELOPE),
         )
