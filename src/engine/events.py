@@ -26,6 +26,8 @@ class ResumeReason(StrEnum):
     CRASH_RECOVERY = "crash_recovery"
     AFTER_PREEMPTION = "after_preemption"
     RETRY_DUE = "retry_due"
+    TIMER_DUE = "timer_due"
+    LEASE_EXPIRED = "lease_expired"
 
 
 class RunEvent(BaseModel, CanMutateAggregate[UUID]):
@@ -52,6 +54,7 @@ class RunStarted(RunEvent, CanInitAggregate[UUID]):
     input: dict[str, Any]
     input_digest: str
     idempotency_key: str | None
+    queue: str = "default"
 
 
 class RunResumed(RunEvent):
@@ -97,6 +100,18 @@ class StepPreempted(RunEvent):
     reason: str
 
 
+class TimerStarted(RunEvent):
+    """A durable sleep began: the run may wait without a worker until `wake_at`."""
+
+    step_key: str
+    wake_at: datetime
+    duration_s: float
+
+
+class TimerFired(RunEvent):
+    step_key: str
+
+
 class RunPreempted(RunEvent):
     reason: str
 
@@ -128,4 +143,6 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunCompleted,
     RunFailed,
     RunCancelled,
+    TimerStarted,
+    TimerFired,
 )
