@@ -36,6 +36,7 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.projections_cli import projections
+from stepstone.worker_cli import worker
 
 
 def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
@@ -117,9 +118,11 @@ def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | 
 @click.option("--input", "input_json", default="{}", metavar="JSON",
               help="The workflow's parameters as a JSON object.")
 @click.option("--key", help="Idempotency key: the same key always means the same run.")
+@click.option("--enqueue", is_flag=True,
+              help="Only record the run and print its id; a `stepstone worker` drives it.")
 @store_options
-def run_cmd(reference: str, input_json: str, key: str | None, database_url: str | None,
-            as_json: bool) -> None:
+def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
+            database_url: str | None, as_json: bool) -> None:
     """Run a workflow; an unfinished run with the same input is resumed instead."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -131,6 +134,14 @@ def run_cmd(reference: str, input_json: str, key: str | None, database_url: str 
         fail(str(e))
     with open_engine(database_url) as engine:
         run_id = key_or_unfinished(engine, wf, data, key)
+        if enqueue:
+            if as_json:
+                output.emit_json({"run_id": str(run_id), "queue": wf.queue})
+            else:
+                click.echo(run_id)
+                click.echo(f"queued on {wf.queue!r}; follow it with: stepstone status {run_id}",
+                           err=True)
+            return
         quoted = input_json.replace("'", "'\\''")
         hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
         drive(engine, lambda: engine.resume(run_id), f"{hint}  (or: stepstone resume {run_id})",
@@ -216,3 +227,4 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             output.show_history(entries)
 
 main.add_command(projections)
+main.add_command(worker)
