@@ -26,6 +26,7 @@ running = 0
 peak = 0
 _lock = threading.Lock()
 stop_after: dict[str, int] = {}
+on_stop: list[Any] = []  # called by the branch at `stop_after["preempt_at"]` (engine.preempt)
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,7 @@ def _reset() -> None:
     global running, peak
     executions.clear()
     stop_after.clear()
+    on_stop.clear()
     running = peak = 0
 
 
@@ -47,6 +49,8 @@ def square(i: int, pause_s: float) -> int:
     try:
         time.sleep(pause_s)
         if i == stop_after.get("preempt_at"):
+            for hook in on_stop:
+                hook()
             ctx.checkpoint({"half": True})  # the token is set: this unwinds the branch
         return i * i
     finally:
@@ -142,12 +146,12 @@ def test_a_failed_branch_stops_new_branches_and_fails_the_run(engine: Engine) ->
 
 def test_a_changed_fan_out_is_a_divergence_and_writes_nothing(engine: Engine) -> None:
     stop_after["preempt_at"] = 1
-    timer = threading.Timer(0.08, engine.preempt, args=("stop mid fan-out",))
-    timer.start()
+    on_stop.append(lambda: engine.preempt("stop mid fan-out"))
     run_id = engine.start(fan_changed, {"width": 4})
     assert engine.resume(run_id).status is RunStatus.PREEMPTED
-    timer.join()
     engine.token.clear()
+    stop_after.clear()
+    assert "square#0" in engine.store.load(run_id).steps
     version = engine.status(run_id).version
     SWAPPED["on"] = True
     try:

@@ -31,6 +31,8 @@ STATUS_AFTER = {
     "RunCompleted": "completed",
     "RunFailed": "failed",
     "RunCancelled": "cancelled",
+    "TimerStarted": "waiting",
+    "TimerFired": "running",
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
