@@ -28,6 +28,9 @@ _local = threading.local()
 def ledger(db: str) -> Ledger:
     """One ledger connection per thread: a worker drives several runs at once."""
     cache: dict[str, Ledger] = _local.__dict__.setdefault("ledgers", {})
+    old = cache.get(db)
+    if old is not None and old.is_postgres and (old._pg.closed or old._pg.broken):
+        del cache[db]  # the server restarted: the step's retry gets a new connection
     if db not in cache:
         led = cache[db] = Ledger(db)
         for ddl in _TABLES:

@@ -84,8 +84,15 @@ def wait_all(engine: Engine, run_ids: Sequence[UUID], timeout_s: float) -> None:
 
 
 def ledger_url(store_url: str, tmp_path: Path) -> str:
-    """Where a test's side-effect ledger lives: its PostgreSQL schema, or a SQLite file."""
-    return store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
+    """Where a test's side-effect ledger lives: its PostgreSQL schema, or a SQLite file.
+
+    Its tables are made here, once, so workers starting together do not race to create them.
+    """
+    import workerwf
+
+    db = store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
+    workerwf.ledger(db)
+    return db
 
 
 def completed(engine: Engine, run_id: UUID) -> bool:
