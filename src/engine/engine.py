@@ -281,6 +281,9 @@ class Engine:
         self, run_id: UUID, *, state: str, at: datetime | None = None, note: str | None = None
     ) -> None:
         # Best effort: a release that cannot reach the store leaves a lease that expires.
+        # Stop renewing first, so a heartbeat in between does not report the lease as lost.
+        if self._keeper is not None:
+            self._keeper.drop(run_id)
         try:
             self.leases.release(
                 run_id, self.settings.worker_id, state=state,

@@ -295,3 +295,46 @@ def _wait_for(predicate: object, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         time.sleep(0.05)
+
+
+def test_the_compose_commands_run_the_demo_through_workers(pg_schema: str,
+                                                           tmp_path: Path) -> None:
+    """compose.yaml's enqueue and worker commands, run here as processes against PostgreSQL."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from workers.harness import TESTS_DIR
+
+    services = yaml.safe_load((TESTS_DIR.parent / "compose.yaml").read_text())["services"]
+    enqueue = list(services["enqueue-demo"]["command"])
+    worker_cmd = list(services["worker"]["command"])
+    at = enqueue.index("--input") + 1
+    demo_input = {**json.loads(enqueue[at]), "workdir": str(tmp_path / "demo"), "records": 3000,
+                  "chunk": 500}
+    enqueue[at] = json.dumps(demo_input)
+    env = dict(os.environ, STEPSTONE_DATABASE_URL=pg_schema, STEPSTONE_LEASE_DURATION_S="2",
+               STEPSTONE_HEARTBEAT_INTERVAL_S="0.5", STEPSTONE_WORKER_POLL_INTERVAL_S="0.1")
+    out = subprocess.run([sys.executable, "-m", *enqueue], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run_id = UUID(out.stdout.strip())
+    again = subprocess.run([sys.executable, "-m", *enqueue], env=env, capture_output=True,
+                           text=True, timeout=60, cwd=tmp_path)
+    assert UUID(again.stdout.strip()) == run_id  # the key makes enqueueing idempotent
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", *worker_cmd], env=env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with engine_for(pg_schema) as engine:
+            info = engine.wait(run_id, timeout_s=90)
+            assert info.status is RunStatus.COMPLETED
+            assert engine.result(run_id)["processed"] == 3000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        log.close()
