@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = t.steps_per_s / rows[-1].steps_per_s if len(rows) > 1 else float("nan")
                 label = f"{ratio:5.2f}x" if t.system == "stepstone" and len(rows) > 1 else ""
                 print(f"{t.workers:>7}  {t.system:<10} {t.steps_per_s:>9,.0f} {t.p50_s:>7.3f} "
-                      f"{t.p99_s:>7.3f} {t.seconds:>7.1f} {t.enqueues_per_s:>7,.0f}  {label:>6}", flush=True)
+                      f"{t.p99_s:>7.3f} {t.seconds:>7.1f} {t.enqueues_per_s:>7,.0f}  {label:>6}",
+                      flush=True)
         if args.kills:
             lat = takeover_latency(url, args, tmp)
             bound = args.lease + args.poll
