@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -205,10 +206,18 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
     rid = parse_run_id(run_id)
     with open_engine(database_url, create=False) as engine:
         info = engine.status(rid)
+        fields = output.info_dict(info)
+        row = engine.leases.row(rid)
+        if row is not None:  # who should drive it next (the index beside the log)
+            held = row.lease_expires_at is not None and row.lease_expires_at > time.time()
+            fields["queue"] = row.queue
+            fields["queue_state"] = "leased" if held and row.state == "ready" else row.state
+            fields["held_by"] = row.lease_owner if held else None
+            fields["queue_note"] = row.note
         if as_json:
-            output.emit_json(output.info_dict(info))
+            output.emit_json(fields)
         else:
-            for name, value in output.info_dict(info).items():
+            for name, value in fields.items():
                 click.echo(f"{name:17} {value}")
 
 
