@@ -84,10 +84,11 @@ class StepFailedError(Exception):
 class RunDriver:
     """Drives one run in this thread (and its fan-out branches in a few more).
 
-    `lease_check`, when given, is called before every save and raises `LeaseLostError` once
-    this worker may no longer hold the run; `suspend_after_s`, when given, makes waits longer
-    than that (retry backoff, durable sleep) end the drive instead of blocking, so a worker can
-    hand the run back until it is due. Both are the worker's; a local drive leaves them unset.
+    `saver` commits the run's pending events (the engine's group commit, so the runs one
+    process drives share transactions). `lease_check` is called before every save and raises
+    `LeaseLostError` once this process may no longer hold the run. `suspend_after_s`, when
+    given, makes waits longer than that (retry backoff, durable sleep) end the drive instead
+    of blocking, so a worker can hand the run back until it is due; a local drive blocks.
     """
 
     def __init__(
@@ -103,8 +104,10 @@ class RunDriver:
         lease_check: Callable[[], None] | None = None,
         suspend_after_s: float | None = None,
         resume_reason: ev.ResumeReason | None = None,
+        saver: Callable[[WorkflowRun], None] | None = None,
     ) -> None:
         self.store = store
+        self.saver = saver or store.save_run
         self.run = run
         self.definition = definition
         self.worker_id = worker_id
@@ -140,7 +143,7 @@ class RunDriver:
             try:
                 if self.lease_check is not None:
                     self.lease_check()
-                self.store.save_run(self.run)
+                self.saver(self.run)
             except (RunConflictError, LeaseLostError) as e:
                 # The fence: another worker owns the run now. Write nothing more, anywhere.
                 self._abandoned = e

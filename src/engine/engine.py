@@ -31,6 +31,7 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.events import ResumeReason
+from engine.group_commit import GroupCommit
 from engine.heartbeat import LeaseKeeper
 from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 from engine.preemption import PreemptionToken
@@ -86,6 +87,7 @@ class Engine:
         self.store = RunStore(location, snapshot_interval=self.settings.snapshot_interval)
         self._leases: LeaseStore | None = None
         self._keeper: LeaseKeeper | None = None
+        self.group_commit = GroupCommit(self.store)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Engine:
@@ -171,7 +173,7 @@ class Engine:
             queue=workflow.queue,
         )
         try:
-            self.store.save_run(run)
+            self.group_commit.save_run(run)  # starts from several threads share commits
         except RunConflictError:
             if key is None:
                 raise
@@ -257,6 +259,7 @@ class Engine:
                 lease_check=lambda: keeper.check(run_id),
                 suspend_after_s=suspend_after_s,
                 resume_reason=resume_reason,
+                saver=self.group_commit.save_run,
             )
             try:
                 result = driver.drive()
