@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,7 +15,7 @@ import orjson
 
 from engine.aggregate import RunStatus, WorkflowRun
 from engine.definitions import Workflow
-from engine.driver import RunDriver, utc_now
+from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
     ConfigurationError,
     EngineError,
@@ -34,13 +33,15 @@ from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
 from engine.heartbeat import LeaseKeeper
 from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
+from engine.logcontext import get_logger
+from engine.observe import log_events
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, RunInfo, RunResult
 from engine.settings import Settings
 from engine.store import RunStore
 from engine.store_url import parse_store_url
 
-log = logging.getLogger("stepstone.engine")
+log = get_logger("stepstone.engine")
 
 _KEY_NAMESPACE = uuid.UUID("6f1d2c7e-8a43-5b8e-9c39-5b7f0e1a2d44")
 
@@ -88,6 +89,8 @@ class Engine:
         self._leases: LeaseStore | None = None
         self._keeper: LeaseKeeper | None = None
         self.group_commit = GroupCommit(self.store)
+        self.observers: list[Observer] = [log_events]
+        """Told about every save's events: logs by default; a worker adds its metrics."""
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Engine:
@@ -172,8 +175,11 @@ class Engine:
             idempotency_key=key,
             queue=workflow.queue,
         )
+        events = list(run.pending_events)
         try:
             self.group_commit.save_run(run)  # starts from several threads share commits
+            for observer in self.observers:
+                observer(run, events)
         except RunConflictError:
             if key is None:
                 raise
@@ -260,6 +266,7 @@ class Engine:
                 suspend_after_s=suspend_after_s,
                 resume_reason=resume_reason,
                 saver=self.group_commit.save_run,
+                observers=tuple(self.observers),
             )
             try:
                 result = driver.drive()

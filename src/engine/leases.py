@@ -13,7 +13,6 @@ only makes takeover early or late, never unsafe, since the fence is the log.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -30,9 +29,10 @@ import psycopg
 from psycopg import sql as pgsql
 
 from engine.errors import StoreUnavailableError
+from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
 
-log = logging.getLogger("stepstone.worker")
+log = get_logger("stepstone.worker")
 
 READY, DONE, PARKED = "ready", "done", "parked"
 DEFAULT_QUEUE = "default"

@@ -6,7 +6,6 @@ events whose uniqueness on (run id, version) is the optimistic-concurrency fence
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -28,9 +27,10 @@ from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
 from engine.events import RunEvent, RunStarted
+from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
 
-log = logging.getLogger("stepstone.engine")
+log = get_logger("stepstone.engine")
 
 _STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
 
