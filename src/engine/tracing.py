@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 
-
 def _otel_installed() -> bool:
     try:
         return importlib.util.find_spec("opentelemetry.trace") is not None
