@@ -227,10 +227,13 @@ class LeaseStore:
     def __init__(self, location: StoreLocation, *, clock: Callable[[], float] = time.time) -> None:
         self.location = location
         self.clock = clock
-        self._db: _Db = (
-            _SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
-            else _PostgresDb(location)
-        )
+        try:
+            self._db: _Db = (
+                _SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
+                else _PostgresDb(location)
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise StoreUnavailableError(location.display, str(e).strip()) from e
         self._n = self._db.names()
         self.channel = self._n.get("channel", "")
         self._lock = threading.Lock()
