@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,3 +35,8 @@ class Settings(BaseSettings):
     )
     postgres_pool_size: int = Field(default=2, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token the HTTP API requires on every route but /healthz "
+        "(unset: no token)",
+    )

@@ -36,6 +36,7 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.projections_cli import projections
+from stepstone.serve_cli import serve
 
 
 def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
@@ -216,3 +217,4 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             output.show_history(entries)
 
 main.add_command(projections)
+main.add_command(serve)

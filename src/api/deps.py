@@ -1,0 +1,68 @@
+"""What routes get injected: the reads, the options, and the shared query parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from api.models import ErrorBody
+from api.queries import Reads
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """How the API behaves; the CLI fills it from its flags, embedding code from anywhere.
+
+    Kept apart from the engine's `Settings`, which holds what several parts share (the store
+    URL, the token), so API knobs do not grow the engine's configuration.
+    """
+
+    default_page: int = 50
+    max_page: int = 1000
+    after_timeout_s: float = 5.0
+    ready_max_lag: int = 10_000
+    stream_poll_s: float = 0.5
+    stream_ping_s: int = 15
+    pool_size: int = 8
+    query_timeout_s: float = 5.0
+
+
+def _reads(request: Request) -> Reads:
+    reads: Reads = request.app.state.reads
+    return reads
+
+
+def _options(request: Request) -> ApiOptions:
+    options: ApiOptions = request.app.state.options
+    return options
+
+
+ReadsDep = Annotated[Reads, Depends(_reads)]
+OptionsDep = Annotated[ApiOptions, Depends(_options)]
+
+# No NUL: PostgreSQL text cannot hold one, and no real name or cursor contains one.
+_TEXT = r"^[^\x00]*$"
+Limit = Annotated[int, Query(ge=1, description="page size; larger values are capped")]
+Cursor = Annotated[
+    str | None, Query(max_length=512, pattern=_TEXT, description="next_cursor of the last page")
+]
+After = Annotated[
+    int | None,
+    Query(ge=0, le=2**62, description="wait (bounded) until the views include this log position"),
+]
+Name = Annotated[str | None, Query(max_length=512, pattern=_TEXT)]
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "a token is configured and was not sent"},
+    422: {"model": ErrorBody, "description": "a parameter is not valid"},
+    503: {"model": ErrorBody, "description": "the store or the views cannot answer yet"},
+}
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorBody, "description": "no such run"},
+}
+
+
+def page_size(limit: int, options: ApiOptions) -> int:
+    return min(limit, options.max_page)
