@@ -117,7 +117,11 @@ class Event(_Model):
 class EventPage(_Model):
     run_id: UUID
     items: list[Event]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="the position after the last event returned: pass it as ?cursor= for the "
+        "next page, or later to get events recorded since (the log grows)"
+    )
+    more: bool = Field(description="whether more events were already there past this page")
 
 
 class WorkflowStats(_Model):

@@ -180,12 +180,13 @@ class Reads:
         )
         if not rows and cursor is None:
             return None
-        more = len(rows) > limit
         items = [self._event(run_id, row) for row in rows[:limit]]
+        # A log grows: the cursor after the last event lets a client tail it.
         return m.EventPage(
             run_id=run_id,
             items=items,
-            next_cursor=_encode_cursor(items[-1].version) if more and items else None,
+            next_cursor=_encode_cursor(items[-1].version) if items else cursor,
+            more=len(rows) > limit,
         )
 
     def _event(self, run_id: UUID, row: Row) -> m.Event:
