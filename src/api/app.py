@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, health, routes_runs, routes_stats, stream
 from api.auth import BearerTokenMiddleware
-from api.deps import ApiOptions
+from api.deps import ApiOptions, read_route
 from api.metrics import LatencyMiddleware, new_registry
 from api.queries import Reads
 from api.readonly_store import open_read_only
@@ -54,6 +54,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         summary="Read-only progress of durable workflow runs",
         version="1",
         lifespan=lifespan,
+        redoc_url=None,  # /docs is enough; one fewer page loading scripts from a CDN
     )
     app.state.reads = reads
     app.state.options = options
@@ -62,9 +63,8 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         app.include_router(module.router)
     registry, latency = new_registry(reads)
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"], tags=["health"],
-                   response_class=Response,
-                   responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @read_route(app.router, "/metrics", tags=["health"], response_class=Response,
+                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     def metrics() -> Response:
         """Prometheus text: runs by status, step outcomes, projection lag, request latency."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.models import ErrorBody
 from api.queries import Reads
@@ -66,3 +67,20 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
 
 def page_size(limit: int, options: ApiOptions) -> int:
     return min(limit, options.max_page)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def read_route(router: APIRouter, path: str, **kwargs: Any) -> Callable[[F], F]:
+    """Register a GET route, and HEAD on the same function outside the OpenAPI document.
+
+    One route with both methods would give the document two operations with one id.
+    """
+
+    def register(fn: F) -> F:
+        router.add_api_route(path, fn, methods=["GET"], **kwargs)
+        router.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False, **kwargs)
+        return fn
+
+    return register

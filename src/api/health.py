@@ -5,24 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import ERRORS, OptionsDep, ReadsDep
+from api.deps import ERRORS, OptionsDep, ReadsDep, read_route
 from api.models import Health, Readiness, ViewLag
 from api.readonly_store import StoreReadError
 
 router = APIRouter(tags=["health"])
-GET = ["GET", "HEAD"]
 
 
-@router.api_route("/healthz", methods=GET, response_model=Health)
+@read_route(router, "/healthz", response_model=Health)
 def healthz() -> Health:
     """The process is up; says nothing of the store (see /readyz)."""
     return Health(status="ok")
 
 
-@router.api_route(
-    "/readyz",
-    methods=GET,
-    response_model=Readiness,
+@read_route(router, "/readyz", response_model=Readiness,
     responses={**ERRORS, 503: {"model": Readiness, "description": "not ready, and why"}},
 )
 def readyz(reads: ReadsDep, options: OptionsDep) -> Readiness | JSONResponse:

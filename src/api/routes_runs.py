@@ -18,13 +18,13 @@ from api.deps import (
     OptionsDep,
     ReadsDep,
     page_size,
+    read_route,
 )
 from api.errors import ApiError
 from api.freshness import wait_for_views
 from api.models import EventPage, Run, RunPage, RunStatus, StepAttemptPage
 
 router = APIRouter(tags=["runs"], responses=ERRORS)
-GET = ["GET", "HEAD"]
 
 
 def _missing(run_id: UUID) -> ApiError:
@@ -35,7 +35,7 @@ def _missing(run_id: UUID) -> ApiError:
     )
 
 
-@router.api_route("/runs", methods=GET, response_model=RunPage)
+@read_route(router, "/runs", response_model=RunPage)
 def list_runs(
     reads: ReadsDep,
     options: OptionsDep,
@@ -59,7 +59,7 @@ def list_runs(
     )
 
 
-@router.api_route("/runs/{run_id}", methods=GET, response_model=Run, responses=NOT_FOUND)
+@read_route(router, "/runs/{run_id}", response_model=Run, responses=NOT_FOUND)
 def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None) -> Run:
     """One run: status, current step, progress, attempts, retries, interruptions, last error."""
     wait_for_views(reads, after, ("runs",), options.after_timeout_s)
@@ -69,8 +69,7 @@ def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = N
     return run
 
 
-@router.api_route(
-    "/runs/{run_id}/steps", methods=GET, response_model=StepAttemptPage, responses=NOT_FOUND
+@read_route(router, "/runs/{run_id}/steps", response_model=StepAttemptPage, responses=NOT_FOUND
 )
 def run_steps(
     run_id: UUID,
@@ -88,8 +87,7 @@ def run_steps(
     return page
 
 
-@router.api_route(
-    "/runs/{run_id}/events", methods=GET, response_model=EventPage, responses=NOT_FOUND
+@read_route(router, "/runs/{run_id}/events", response_model=EventPage, responses=NOT_FOUND
 )
 def run_events(
     run_id: UUID,

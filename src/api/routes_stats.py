@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import ERRORS, After, Limit, Name, OptionsDep, ReadsDep, page_size
+from api.deps import ERRORS, After, Limit, Name, OptionsDep, ReadsDep, page_size, read_route
 from api.freshness import wait_for_views
 from api.models import HotspotList, WorkflowList
 
 router = APIRouter(tags=["statistics"], responses=ERRORS)
-GET = ["GET", "HEAD"]
 
 
-@router.api_route("/workflows", methods=GET, response_model=WorkflowList)
+@read_route(router, "/workflows", response_model=WorkflowList)
 def workflows(reads: ReadsDep, options: OptionsDep, after: After = None) -> WorkflowList:
     """Per workflow: runs by status and p50/p95 durations of completed runs."""
     wait_for_views(reads, after, ("workflow_stats",), options.after_timeout_s)
     return WorkflowList(items=reads.workflow_stats())
 
 
-@router.api_route("/hotspots", methods=GET, response_model=HotspotList)
+@read_route(router, "/hotspots", response_model=HotspotList)
 def hotspots(
     reads: ReadsDep,
     options: OptionsDep,
