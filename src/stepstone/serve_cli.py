@@ -11,6 +11,7 @@ runs (compose, several API replicas), `--no-projector` serves only.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -50,11 +51,19 @@ def serve(host: str, port: int, database_url: str | None, no_projector: bool,
     click.echo(f"serving http://{host}:{port}/ (API docs at /docs) over "
                f"{_display(settings)}" + ("" if projector else "; views fed elsewhere"),
                err=True)
+    stopped_by: list[int] = []
+    # uvicorn handles SIGTERM/SIGINT itself, then raises the signal again once it has shut
+    # down, for the handler that was there before: this one, so that the projector child is
+    # stopped too and the command ends with 0 instead of dying of its own signal.
+    previous = {sig: signal.signal(sig, lambda signum, _: stopped_by.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
     finally:
         if projector is not None:
             _stop(projector)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _start_projector(settings: Settings) -> subprocess.Popen[bytes]:

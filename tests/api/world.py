@@ -102,3 +102,80 @@ def client_for(url: str, token: str | None = None, **options: Any) -> TestClient
 def client(world: World) -> Iterator[TestClient]:
     with client_for(world.url) as c:
         yield c
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """`stepstone serve` in a subprocess (with its projector child), stopped by SIGTERM."""
+
+    def __init__(self, url: str, logdir: Path, *, token: str | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = child_env()
+        env.pop("STEPSTONE_API_TOKEN", None)
+        if token is not None:
+            env["STEPSTONE_API_TOKEN"] = token
+        self.out = logdir / "serve.out"
+        self.err = logdir / "serve.err"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stepstone", "serve", "--db", url, "--port",
+                 str(self.port), *extra],
+                stdout=out, stderr=err, env=env,
+            )
+        self.wait_until_up()
+
+    def wait_until_up(self, timeout_s: float = 30) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"stepstone serve exited early:\n{self.logs()}")
+            try:
+                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"stepstone serve did not answer in {timeout_s}s:\n{self.logs()}")
+
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"stepstone serve ignored SIGTERM:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+
+
+def wait_until(condition: Any, what: str, timeout_s: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
