@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, health, routes_runs, routes_stats, stream
 from api.auth import BearerTokenMiddleware
-from api.deps import ApiOptions, read_route
+from api.deps import ApiOptions, in_thread, read_route
 from api.metrics import LatencyMiddleware, new_registry
 from api.queries import Reads
 from api.readonly_store import open_read_only
@@ -65,12 +65,13 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
 
     @read_route(app.router, "/metrics", tags=["health"], response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """Prometheus text: runs by status, step outcomes, projection lag, request latency."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = await in_thread(generate_latest, registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    def dashboard() -> FileResponse:
+    async def dashboard() -> FileResponse:
         return FileResponse(DASHBOARD / "index.html", headers={"Content-Security-Policy": _CSP})
 
     app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import time
 
+import anyio
+from anyio import to_thread
+
 from api.errors import ApiError
 from api.queries import Reads
 
 _POLL_S = 0.02
 
 
-def wait_for_views(
+async def wait_for_views(
     reads: Reads, after: int | None, views: tuple[str, ...], timeout_s: float
 ) -> None:
     """Return once every view in `views` is at `after` or later; raise 422/503 otherwise."""
@@ -23,11 +26,11 @@ def wait_for_views(
         return
     deadline = time.monotonic() + timeout_s
     while True:
-        positions = reads.positions()
+        positions = await to_thread.run_sync(reads.positions)
         lowest = min(positions[v] for v in views)
         if lowest >= after:
             return
-        head = reads.head()
+        head = await to_thread.run_sync(reads.head)
         if after > head:
             raise ApiError(
                 422, f"position {after} is past the log's last position {head}: "
@@ -40,4 +43,4 @@ def wait_for_views(
                 f"{timeout_s:g} s: is the projector running? See /readyz",
                 {"Retry-After": "1"},
             )
-        time.sleep(_POLL_S)
+        await anyio.sleep(_POLL_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import ERRORS, OptionsDep, ReadsDep, read_route
+from api.deps import ERRORS, OptionsDep, ReadsDep, in_thread, read_route
 from api.models import Health, Readiness, ViewLag
 from api.readonly_store import StoreReadError
 
@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 
 @read_route(router, "/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is up; says nothing of the store (see /readyz)."""
     return Health(status="ok")
 
@@ -21,11 +21,11 @@ def healthz() -> Health:
 @read_route(router, "/readyz", response_model=Readiness,
     responses={**ERRORS, 503: {"model": Readiness, "description": "not ready, and why"}},
 )
-def readyz(reads: ReadsDep, options: OptionsDep) -> Readiness | JSONResponse:
+async def readyz(reads: ReadsDep, options: OptionsDep) -> Readiness | JSONResponse:
     """The store answers and every view is within `ready_max_lag` events of the log's head."""
     try:
-        head = reads.head()
-        positions = reads.positions()
+        head = await in_thread(reads.head)
+        positions = await in_thread(reads.positions)
     except StoreReadError as e:
         where = "views not built yet" if e.missing_table else e.reason
         body = Readiness(ready=False, store=f"unreachable: {where}", head=None,

@@ -17,6 +17,7 @@ from api.deps import (
     Name,
     OptionsDep,
     ReadsDep,
+    in_thread,
     page_size,
     read_route,
 )
@@ -36,7 +37,7 @@ def _missing(run_id: UUID) -> ApiError:
 
 
 @read_route(router, "/runs", response_model=RunPage)
-def list_runs(
+async def list_runs(
     reads: ReadsDep,
     options: OptionsDep,
     status: RunStatus | None = None,
@@ -48,8 +49,9 @@ def list_runs(
     after: After = None,
 ) -> RunPage:
     """Runs, newest first, filtered by status, workflow and start time; cursor-paginated."""
-    wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    return reads.list_runs(
+    await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
+    return await in_thread(
+        reads.list_runs,
         limit=page_size(limit, options),
         cursor=cursor,
         status=status.value if status else None,
@@ -60,10 +62,10 @@ def list_runs(
 
 
 @read_route(router, "/runs/{run_id}", response_model=Run, responses=NOT_FOUND)
-def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None) -> Run:
+async def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None) -> Run:
     """One run: status, current step, progress, attempts, retries, interruptions, last error."""
-    wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    run = reads.get_run(run_id)
+    await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
+    run = await in_thread(reads.get_run, run_id)
     if run is None:
         raise _missing(run_id)
     return run
@@ -71,7 +73,7 @@ def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = N
 
 @read_route(router, "/runs/{run_id}/steps", response_model=StepAttemptPage, responses=NOT_FOUND
 )
-def run_steps(
+async def run_steps(
     run_id: UUID,
     reads: ReadsDep,
     options: OptionsDep,
@@ -80,16 +82,17 @@ def run_steps(
     after: After = None,
 ) -> StepAttemptPage:
     """The run's step attempts in the order they started, with outcome, duration and error."""
-    wait_for_views(reads, after, ("step_attempts",), options.after_timeout_s)
-    page = reads.attempts_of(run_id, limit=page_size(limit, options), cursor=cursor)
-    if not page.items and cursor is None and reads.get_run(run_id) is None:
+    await wait_for_views(reads, after, ("step_attempts",), options.after_timeout_s)
+    page = await in_thread(reads.attempts_of, run_id, limit=page_size(limit, options),
+                           cursor=cursor)
+    if not page.items and cursor is None and await in_thread(reads.get_run, run_id) is None:
         raise _missing(run_id)
     return page
 
 
 @read_route(router, "/runs/{run_id}/events", response_model=EventPage, responses=NOT_FOUND
 )
-def run_events(
+async def run_events(
     run_id: UUID,
     reads: ReadsDep,
     options: OptionsDep,
@@ -101,9 +104,10 @@ def run_events(
 
     `after` is accepted for symmetry and only checked: the log is always up to date.
     """
-    if after is not None and after > reads.head():
+    if after is not None and after > await in_thread(reads.head):
         raise ApiError(422, f"position {after} is past the log's last position")
-    page = reads.events_of(run_id, limit=page_size(limit, options), cursor=cursor)
+    page = await in_thread(reads.events_of, run_id, limit=page_size(limit, options),
+                           cursor=cursor)
     if page is None:
         raise ApiError(404, f"no run {run_id} in the event store; `stepstone runs` lists them")
     return page
