@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api.deps import (
     ERRORS,
@@ -17,6 +17,7 @@ from api.deps import (
     Name,
     OptionsDep,
     ReadsDep,
+    as_json,
     in_thread,
     page_size,
     read_route,
@@ -47,10 +48,10 @@ async def list_runs(
     cursor: Cursor = None,
     limit: Limit = 50,
     after: After = None,
-) -> RunPage:
+) -> Response:
     """Runs, newest first, filtered by status, workflow and start time; cursor-paginated."""
     await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    return await in_thread(
+    page = await in_thread(
         reads.list_runs,
         limit=page_size(limit, options),
         cursor=cursor,
@@ -59,16 +60,19 @@ async def list_runs(
         started_after=started_after,
         started_before=started_before,
     )
+    return as_json(page)
 
 
 @read_route(router, "/runs/{run_id}", response_model=Run, responses=NOT_FOUND)
-async def get_run(run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None) -> Run:
+async def get_run(
+    run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None
+) -> Response:
     """One run: status, current step, progress, attempts, retries, interruptions, last error."""
     await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
     run = await in_thread(reads.get_run, run_id)
     if run is None:
         raise _missing(run_id)
-    return run
+    return as_json(run)
 
 
 @read_route(router, "/runs/{run_id}/steps", response_model=StepAttemptPage, responses=NOT_FOUND
@@ -80,14 +84,14 @@ async def run_steps(
     cursor: Cursor = None,
     limit: Limit = 200,
     after: After = None,
-) -> StepAttemptPage:
+) -> Response:
     """The run's step attempts in the order they started, with outcome, duration and error."""
     await wait_for_views(reads, after, ("step_attempts",), options.after_timeout_s)
     page = await in_thread(reads.attempts_of, run_id, limit=page_size(limit, options),
                            cursor=cursor)
     if not page.items and cursor is None and await in_thread(reads.get_run, run_id) is None:
         raise _missing(run_id)
-    return page
+    return as_json(page)
 
 
 @read_route(router, "/runs/{run_id}/events", response_model=EventPage, responses=NOT_FOUND
@@ -99,7 +103,7 @@ async def run_events(
     cursor: Cursor = None,
     limit: Limit = 200,
     after: After = None,
-) -> EventPage:
+) -> Response:
     """The run's audit history straight from the event store: every field, global positions.
 
     `after` is accepted for symmetry and only checked: the log is always up to date.
@@ -110,4 +114,4 @@ async def run_events(
                            cursor=cursor)
     if page is None:
         raise ApiError(404, f"no run {run_id} in the event store; `stepstone runs` lists them")
-    return page
+    return as_json(page)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import (
     ERRORS,
@@ -11,6 +11,7 @@ from api.deps import (
     Name,
     OptionsDep,
     ReadsDep,
+    as_json,
     in_thread,
     page_size,
     read_route,
@@ -22,10 +23,10 @@ router = APIRouter(tags=["statistics"], responses=ERRORS)
 
 
 @read_route(router, "/workflows", response_model=WorkflowList)
-async def workflows(reads: ReadsDep, options: OptionsDep, after: After = None) -> WorkflowList:
+async def workflows(reads: ReadsDep, options: OptionsDep, after: After = None) -> Response:
     """Per workflow: runs by status and p50/p95 durations of completed runs."""
     await wait_for_views(reads, after, ("workflow_stats",), options.after_timeout_s)
-    return WorkflowList(items=await in_thread(reads.workflow_stats))
+    return as_json(WorkflowList(items=await in_thread(reads.workflow_stats)))
 
 
 @read_route(router, "/hotspots", response_model=HotspotList)
@@ -35,9 +36,9 @@ async def hotspots(
     workflow: Name = None,
     limit: Limit = 100,
     after: After = None,
-) -> HotspotList:
+) -> Response:
     """Steps by interruptions (preemptions + crashes), then failures: where to look first."""
     await wait_for_views(reads, after, ("hotspots",), options.after_timeout_s)
     items = await in_thread(reads.hotspot_rows, workflow=workflow,
                             limit=page_size(limit, options))
-    return HotspotList(items=items)
+    return as_json(HotspotList(items=items))
