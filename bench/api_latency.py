@@ -237,12 +237,15 @@ def main() -> None:
           f"python {platform.python_version()}; {args.clients} clients, "
           f"{args.requests:,} requests per endpoint (cap {args.seconds:g} s), "
           "client and server on this machine", flush=True)
+    lines: list[str] = []
     if not args.skip_sqlite:
         with sqlite_store() as url:
-            bench("SQLite", url, args)
+            lines += bench("SQLite", url, args)
     if not args.skip_postgres:
         with postgres_store(args.postgres_url) as url:
-            bench("PostgreSQL", url, args)
+            lines += bench("PostgreSQL", url, args)
+    if any("not 200" in line for line in lines):
+        raise SystemExit("some requests were not answered 200: see above")
 
 
 if __name__ == "__main__":
