@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, health, routes_runs, routes_stats, stream
 from api.auth import BearerTokenMiddleware
-from api.deps import ApiOptions, in_thread, read_route
+from api.deps import ApiOptions, read_route
 from api.metrics import LatencyMiddleware, new_registry
 from api.queries import Reads
 from api.readonly_store import open_read_only
@@ -42,7 +42,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
     )
     store = open_read_only(location, timeout_s=options.query_timeout_s,
                            pool_size=options.pool_size)
-    reads = Reads(store)
+    reads = Reads(store, threads=options.read_threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +67,7 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         """Prometheus text: runs by status, step outcomes, projection lag, request latency."""
-        text = await in_thread(generate_latest, registry)
+        text = await reads.off_loop(generate_latest, registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
@@ -29,6 +28,7 @@ class ApiOptions:
     stream_poll_s: float = 0.5
     stream_ping_s: int = 15
     pool_size: int = 8
+    read_threads: int = 4
     query_timeout_s: float = 5.0
 
 
@@ -90,19 +90,6 @@ def read_route(router: APIRouter, path: str, **kwargs: Any) -> Callable[[F], F]:
     return register
 
 
-T = TypeVar("T")
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking read in the thread pool: one hop per request, and a stalled database
-    never blocks the event loop (so /healthz keeps answering).
-
-    Routes are `async def` for this reason: FastAPI runs a plain `def` route, and then the
-    serialization of its answer, in the thread pool, two hops where one does.
-    """
-    return await to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
 def as_json(model: BaseModel) -> Response:
     """The model as a JSON answer, serialized once by pydantic-core.
 
@@ -110,4 +97,5 @@ def as_json(model: BaseModel) -> Response:
     route's `response_model` (which stays declared, for the OpenAPI document): a model we
     built is valid already, and that second pass cost as much as the rest of a read.
     """
-    return Response(model.model_dump_json(), media_type="application/json")
+    # warnings=False: runs are built with model_construct from view rows (see queries.run_of).
+    return Response(model.model_dump_json(warnings=False), media_type="application/json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import anyio
-from anyio import to_thread
 
 from api.errors import ApiError
 from api.queries import Reads
@@ -26,11 +25,11 @@ async def wait_for_views(
         return
     deadline = time.monotonic() + timeout_s
     while True:
-        positions = await to_thread.run_sync(reads.positions)
+        positions = await reads.off_loop(reads.positions)
         lowest = min(positions[v] for v in views)
         if lowest >= after:
             return
-        head = await to_thread.run_sync(reads.head)
+        head = await reads.off_loop(reads.head)
         if after > head:
             raise ApiError(
                 422, f"position {after} is past the log's last position {head}: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import ERRORS, OptionsDep, ReadsDep, in_thread, read_route
+from api.deps import ERRORS, OptionsDep, ReadsDep, read_route
 from api.models import Health, Readiness, ViewLag
 from api.readonly_store import StoreReadError
 
@@ -24,8 +24,8 @@ async def healthz() -> Health:
 async def readyz(reads: ReadsDep, options: OptionsDep) -> Readiness | JSONResponse:
     """The store answers and every view is within `ready_max_lag` events of the log's head."""
     try:
-        head = await in_thread(reads.head)
-        positions = await in_thread(reads.positions)
+        head = await reads.off_loop(reads.head)
+        positions = await reads.off_loop(reads.positions)
     except StoreReadError as e:
         where = "views not built yet" if e.missing_table else e.reason
         body = Readiness(ready=False, store=f"unreachable: {where}", head=None,

@@ -67,6 +67,9 @@ class SQLiteReadOnlyStore(ReadOnlyStore):
             )
             # Belt and braces: mode=ro already refuses writes at the file level.
             conn.execute("PRAGMA query_only = ON")
+            # Read through a shared memory map of the file rather than into each
+            # connection's private page cache: every thread sees the pages any has read.
+            conn.execute("PRAGMA mmap_size = 1073741824")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -18,7 +18,6 @@ from api.deps import (
     OptionsDep,
     ReadsDep,
     as_json,
-    in_thread,
     page_size,
     read_route,
 )
@@ -51,7 +50,7 @@ async def list_runs(
 ) -> Response:
     """Runs, newest first, filtered by status, workflow and start time; cursor-paginated."""
     await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    page = await in_thread(
+    page = await reads.off_loop(
         reads.list_runs,
         limit=page_size(limit, options),
         cursor=cursor,
@@ -69,7 +68,7 @@ async def get_run(
 ) -> Response:
     """One run: status, current step, progress, attempts, retries, interruptions, last error."""
     await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    run = await in_thread(reads.get_run, run_id)
+    run = await reads.off_loop(reads.get_run, run_id)
     if run is None:
         raise _missing(run_id)
     return as_json(run)
@@ -87,9 +86,9 @@ async def run_steps(
 ) -> Response:
     """The run's step attempts in the order they started, with outcome, duration and error."""
     await wait_for_views(reads, after, ("step_attempts",), options.after_timeout_s)
-    page = await in_thread(reads.attempts_of, run_id, limit=page_size(limit, options),
+    page = await reads.off_loop(reads.attempts_of, run_id, limit=page_size(limit, options),
                            cursor=cursor)
-    if not page.items and cursor is None and await in_thread(reads.get_run, run_id) is None:
+    if not page.items and cursor is None and await reads.off_loop(reads.get_run, run_id) is None:
         raise _missing(run_id)
     return as_json(page)
 
@@ -108,9 +107,9 @@ async def run_events(
 
     `after` is accepted for symmetry and only checked: the log is always up to date.
     """
-    if after is not None and after > await in_thread(reads.head):
+    if after is not None and after > await reads.off_loop(reads.head):
         raise ApiError(422, f"position {after} is past the log's last position")
-    page = await in_thread(reads.events_of, run_id, limit=page_size(limit, options),
+    page = await reads.off_loop(reads.events_of, run_id, limit=page_size(limit, options),
                            cursor=cursor)
     if page is None:
         raise ApiError(404, f"no run {run_id} in the event store; `stepstone runs` lists them")

@@ -12,7 +12,6 @@ from api.deps import (
     OptionsDep,
     ReadsDep,
     as_json,
-    in_thread,
     page_size,
     read_route,
 )
@@ -26,7 +25,7 @@ router = APIRouter(tags=["statistics"], responses=ERRORS)
 async def workflows(reads: ReadsDep, options: OptionsDep, after: After = None) -> Response:
     """Per workflow: runs by status and p50/p95 durations of completed runs."""
     await wait_for_views(reads, after, ("workflow_stats",), options.after_timeout_s)
-    return as_json(WorkflowList(items=await in_thread(reads.workflow_stats)))
+    return as_json(WorkflowList(items=await reads.off_loop(reads.workflow_stats)))
 
 
 @read_route(router, "/hotspots", response_model=HotspotList)
@@ -39,6 +38,6 @@ async def hotspots(
 ) -> Response:
     """Steps by interruptions (preemptions + crashes), then failures: where to look first."""
     await wait_for_views(reads, after, ("hotspots",), options.after_timeout_s)
-    items = await in_thread(reads.hotspot_rows, workflow=workflow,
+    items = await reads.off_loop(reads.hotspot_rows, workflow=workflow,
                             limit=page_size(limit, options))
     return as_json(HotspotList(items=items))

@@ -13,7 +13,6 @@ from typing import Any
 from uuid import UUID
 
 import anyio
-from anyio import to_thread
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
@@ -32,7 +31,8 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def _sse(run: Run) -> dict[str, str]:
-    return {"event": "run", "id": str(run.last_position or 0), "data": run.model_dump_json()}
+    data = run.model_dump_json(warnings=False)  # built from a view row: see queries.run_of
+    return {"event": "run", "id": str(run.last_position or 0), "data": data}
 
 
 @router.get(
@@ -44,7 +44,7 @@ async def stream_run(
     run_id: UUID, request: Request, reads: ReadsDep, options: OptionsDep
 ) -> EventSourceResponse:
     """The run now, then again each time the views change it; an `end` event once it is done."""
-    first = await to_thread.run_sync(reads.get_run, run_id)
+    first = await reads.off_loop(reads.get_run, run_id)
     if first is None:
         raise ApiError(404, f"no run {run_id} in the progress views")
 
@@ -56,12 +56,12 @@ async def stream_run(
                 last = run.last_position
                 yield _sse(run)
                 if run.status in _TERMINAL:
-                    yield {"event": "end", "data": run.status.value}
+                    yield {"event": "end", "data": RunStatus(run.status).value}
                     return
             if await request.is_disconnected():
                 return
             await anyio.sleep(options.stream_poll_s)
-            run = await to_thread.run_sync(reads.get_run, run_id)
+            run = await reads.off_loop(reads.get_run, run_id)
 
     return EventSourceResponse(events(), ping=options.stream_ping_s)
 
@@ -71,13 +71,13 @@ async def stream_runs(
     request: Request, reads: ReadsDep, options: OptionsDep
 ) -> EventSourceResponse:
     """Every run the views change from now on, as `run` events (what the runs list shows)."""
-    start = (await to_thread.run_sync(reads.positions))["runs"]
+    start = (await reads.off_loop(reads.positions))["runs"]
 
     async def events() -> AsyncIterator[dict[str, str]]:
         position = start
         yield {"event": "position", "data": str(position)}
         while not await request.is_disconnected():
-            changed = await to_thread.run_sync(reads.changed_runs, position, 500)
+            changed = await reads.off_loop(reads.changed_runs, position, 500)
             for run in changed:
                 position = max(position, run.last_position or 0)
                 yield _sse(run)
