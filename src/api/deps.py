@@ -97,5 +97,4 @@ def as_json(model: BaseModel) -> Response:
     route's `response_model` (which stays declared, for the OpenAPI document): a model we
     built is valid already, and that second pass cost as much as the rest of a read.
     """
-    # warnings=False: runs are built with model_construct from view rows (see queries.run_of).
-    return Response(model.model_dump_json(warnings=False), media_type="application/json")
+    return Response(model.model_dump_json(), media_type="application/json")

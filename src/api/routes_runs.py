@@ -59,7 +59,7 @@ async def list_runs(
         started_after=started_after,
         started_before=started_before,
     )
-    return as_json(page)
+    return Response(page, media_type="application/json")
 
 
 @read_route(router, "/runs/{run_id}", response_model=Run, responses=NOT_FOUND)

@@ -31,8 +31,7 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
 
 
 def _sse(run: Run) -> dict[str, str]:
-    data = run.model_dump_json(warnings=False)  # built from a view row: see queries.run_of
-    return {"event": "run", "id": str(run.last_position or 0), "data": data}
+    return {"event": "run", "id": str(run.last_position or 0), "data": run.model_dump_json()}
 
 
 @router.get(
