@@ -8,7 +8,8 @@ For SQLite (a file in a temp dir) and PostgreSQL (a scratch schema, dropped at t
 2. starts `stepstone serve --no-projector` in a subprocess (uvicorn, one process);
 3. for each endpoint, `--clients` concurrent clients send requests back to back until
    `--requests` have been answered (or `--seconds` have passed): a bounded, closed loop on
-   loopback. It prints p50 / p99 latency and requests per second.
+   loopback. It prints p50 / p99 latency and requests per second. `/healthz`, which reads
+   nothing, comes first: the floor that uvicorn, FastAPI and the client cost on this machine.
 
     python bench/api_latency.py [--runs N] [--requests N] [--clients N] [--seconds S]
                                 [--postgres-url URL] [--skip-postgres] [--skip-sqlite]
@@ -223,6 +224,7 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[str]:
     lines = []
     with server(url) as base:
         endpoints: list[tuple[str, Callable[[], str]]] = [
+            ("GET /healthz (floor: no query)", lambda: "/healthz"),
             ("GET /runs (first page of 50)", lambda: "/runs"),
             ("GET /runs?status=failed", lambda: "/runs?status=failed"),
             ("GET /runs/{id}", lambda: f"/runs/{rng.choice(ids)}"),

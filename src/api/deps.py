@@ -21,7 +21,6 @@ class ApiOptions:
     URL, the token), so API knobs do not grow the engine's configuration.
     """
 
-    default_page: int = 50
     max_page: int = 1000
     after_timeout_s: float = 5.0
     ready_max_lag: int = 10_000
