@@ -32,3 +32,14 @@ def test_compose_file_parses_and_every_command_exists_in_the_cli() -> None:
         url = service.get("environment", {}).get("STEPSTONE_DATABASE_URL")
         if url:
             assert url.startswith("postgresql://")
+
+
+def test_compose_serves_the_api_with_its_own_projector_service() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    api = services["api"]["command"]
+    assert api[:2] == ["stepstone", "serve"]
+    assert "0.0.0.0" in api, "in a container the API must listen beyond loopback"
+    # Read-only API: some other service must feed the views.
+    assert "--no-projector" in api
+    assert services["projector"]["command"][:3] == ["stepstone", "projections", "run"]
+    assert any(p.endswith(":8080") for p in services["api"]["ports"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,4 +60,9 @@ class Settings(BaseSettings):
         default=5, ge=1,
         description="a run whose worker died this many times in a row is parked, not "
         "claimed again (a step that kills its process would crash every worker in turn)",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token the HTTP API requires on every route but /healthz "
+        "(unset: no token)",
     )

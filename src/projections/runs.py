@@ -41,7 +41,9 @@ RUNS = Table(
         ("last_position", "int"),
     ),
     key=("run_id",),
-    indexes=(("workflow", "status"),),
+    # started_at: the API lists runs newest first, a page at a time; last_position: its
+    # stream asks which runs changed since a position.
+    indexes=(("workflow", "status"), ("started_at", "run_id"), ("last_position",)),
 )
 _COLUMNS = RUNS.column_names
 

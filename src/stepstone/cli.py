@@ -40,6 +40,7 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.projections_cli import projections
+from stepstone.serve_cli import serve
 from stepstone.worker_cli import worker
 
 
@@ -247,3 +248,4 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 main.add_command(projections)
 main.add_command(worker)
+main.add_command(serve)

@@ -1,0 +1,294 @@
+// Stepstone dashboard: plain JS, no build step. Data is only ever set as text (never HTML).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { filters: { status: "", workflow: "" }, cursor: null, rows: new Map(), source: null, runSource: null, runId: null };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "style") Object.assign(node.style, v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+async function getJSON(path) {
+  const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  if (r.status === 401) { location.reload(); throw new Error("token required"); }
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).detail || r.statusText);
+  return r.json();
+}
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const today = new Date().toDateString() === d.toDateString();
+  const t = d.toLocaleTimeString([], { hour12: false });
+  return today ? t : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + t;
+}
+function fmtDur(s) {
+  if (s === null || s === undefined) return "";
+  if (s < 1) return (s * 1000).toFixed(0) + " ms";
+  if (s < 120) return s.toFixed(1) + " s";
+  if (s < 7200) return (s / 60).toFixed(1) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+function pill(status) { return el("span", { class: "pill " + status }, status); }
+
+// How far a run is: the current step's own progress when it reports one, else steps.
+function progressOf(run) {
+  if (run.status === "completed") return { frac: 1, text: `${run.steps_done} steps` };
+  const steps = `${run.steps_done}/${run.steps_started} steps`;
+  if (run.progress && run.progress.total > 0) {
+    const f = Math.min(1, (run.progress.done || 0) / run.progress.total);
+    return { frac: f, text: `${steps} · ${run.current_step || ""} ${(f * 100).toFixed(0)}%` };
+  }
+  return { frac: run.steps_started ? run.steps_done / run.steps_started : 0, text: steps };
+}
+function progressBar(run, big) {
+  const p = progressOf(run);
+  return el("div", { class: "progress " + run.status + (big ? " big" : "") },
+    el("div", { style: { width: (p.frac * 100).toFixed(1) + "%" } }), el("span", {}, p.text));
+}
+
+function setLive(on, text) {
+  $("live").className = "dot " + (on ? "on" : "off");
+  $("live-text").textContent = text;
+}
+
+async function refreshHealth() {
+  try {
+    const r = await fetch("/readyz", { headers: { Accept: "application/json" } });
+    const body = await r.json();
+    const lag = Math.max(0, ...(body.views || []).map((v) => v.lag));
+    $("lag").textContent = body.ready ? `log ${body.head} · lag ${lag}` : `not ready: ${body.store} · lag ${lag}`;
+  } catch (e) { $("lag").textContent = "server unreachable"; }
+}
+
+// -- runs list --------------------------------------------------------------------------------
+function runRow(run) {
+  const id = String(run.run_id);
+  return el("tr", { "data-run": id, "data-status": run.status },
+    el("td", {}, pill(run.status)),
+    el("td", {}, el("a", { href: "#/runs/" + id, class: "mono" }, id.slice(0, 8))),
+    el("td", {}, run.workflow),
+    el("td", { class: "mono" }, run.current_step || ""),
+    el("td", {}, progressBar(run, false)),
+    el("td", { class: "num" }, run.attempts),
+    el("td", { class: "num" }, run.retries),
+    el("td", { class: "num" }, run.interruptions),
+    el("td", {}, fmtTime(run.started_at)),
+    el("td", {}, fmtTime(run.updated_at)));
+}
+
+function matches(run) {
+  const f = state.filters;
+  return (!f.status || run.status === f.status) && (!f.workflow || run.workflow === f.workflow);
+}
+
+function upsertRun(run, live) {
+  const body = $("runs").tBodies[0];
+  const id = String(run.run_id);
+  const old = body.querySelector(`tr[data-run="${CSS.escape(id)}"]`);
+  if (!matches(run)) { if (old) old.remove(); return; }
+  const row = runRow(run);
+  if (live) row.classList.add("flash");
+  if (old) old.replaceWith(row);
+  else if (live) body.prepend(row);
+  else body.append(row);
+  $("runs-empty").hidden = body.rows.length > 0;
+}
+
+function listQuery() {
+  const q = new URLSearchParams({ limit: "50" });
+  if (state.filters.status) q.set("status", state.filters.status);
+  if (state.filters.workflow) q.set("workflow", state.filters.workflow);
+  if (state.cursor) q.set("cursor", state.cursor);
+  return "/runs?" + q.toString();
+}
+
+async function loadRuns(reset) {
+  if (reset) { state.cursor = null; $("runs").tBodies[0].replaceChildren(); }
+  const page = await getJSON(listQuery());
+  page.items.forEach((r) => upsertRun(r, false));
+  state.cursor = page.next_cursor;
+  $("more").hidden = !page.next_cursor;
+  $("runs-empty").hidden = $("runs").tBodies[0].rows.length > 0;
+}
+
+async function loadWorkflows() {
+  const { items } = await getJSON("/workflows");
+  $("workflows").replaceChildren(...items.map((w) => el("div", { class: "card" },
+    el("h3", {}, w.workflow),
+    el("div", { class: "counts" },
+      ...["running", "waiting", "pending", "preempted", "completed", "failed"].map((s) =>
+        el("span", {}, el("b", {}, w[s]), " " + s)),
+      el("span", {}, "p50 ", el("b", {}, fmtDur(w.duration_p50_s) || "–")),
+      el("span", {}, "p95 ", el("b", {}, fmtDur(w.duration_p95_s) || "–"))))));
+}
+
+async function loadHotspots() {
+  const { items } = await getJSON("/hotspots?limit=25");
+  const rows = items.filter((h) => h.interruptions + h.failures + h.retries > 0);
+  $("hotspots").tBodies[0].replaceChildren(...rows.map((h) => el("tr", {},
+    el("td", {}, h.workflow + " / ", el("span", { class: "mono" }, h.step_name)),
+    el("td", { class: "num" }, h.attempts), el("td", { class: "num" }, h.failures),
+    el("td", { class: "num" }, h.preemptions), el("td", { class: "num" }, h.crashes))));
+  $("hotspots-empty").hidden = rows.length > 0;
+}
+
+let statsTimer = null;
+function refreshStatsSoon() {
+  if (statsTimer) return;
+  statsTimer = setTimeout(() => { statsTimer = null; loadWorkflows().catch(() => {}); loadHotspots().catch(() => {}); }, 1000);
+}
+
+function openListStream() {
+  closeStreams();
+  const src = new EventSource("/stream");
+  src.addEventListener("open", () => setLive(true, "live"));
+  src.addEventListener("error", () => setLive(false, "reconnecting"));
+  src.addEventListener("run", (e) => { upsertRun(JSON.parse(e.data), true); refreshStatsSoon(); });
+  state.source = src;
+}
+
+async function showList() {
+  $("run-view").hidden = true; $("list-view").hidden = false;
+  document.title = "Stepstone · runs";
+  await Promise.all([loadRuns(true), loadWorkflows(), loadHotspots()]).catch((e) => setLive(false, e.message));
+  openListStream();
+}
+
+// -- one run ----------------------------------------------------------------------------------
+const runView = { events: [], cursor: null, run: null };
+
+function fact(label, value) { return el("div", {}, el("dt", {}, label), el("dd", {}, value ?? "")); }
+
+function renderRun(run) {
+  runView.run = run;
+  $("r-status").className = "pill " + run.status; $("r-status").textContent = run.status;
+  $("r-title").textContent = run.workflow + " v" + run.workflow_version;
+  $("r-id").textContent = run.run_id;
+  const p = progressOf(run);
+  $("r-bar").parentElement.className = "progress big " + run.status;
+  $("r-bar").style.width = (p.frac * 100).toFixed(1) + "%";
+  $("r-bar-text").textContent = p.text;
+  $("r-facts").replaceChildren(
+    fact("Current step", run.current_step ? `${run.current_step} (${run.current_step_status})` : "–"),
+    fact("Steps done / started", `${run.steps_done} / ${run.steps_started}`),
+    fact("Step progress", run.progress ? `${run.progress.done ?? 0} / ${run.progress.total}` : "–"),
+    fact("Attempts", run.attempts), fact("Retries", run.retries),
+    fact("Preemptions", run.preemptions), fact("Crashes", run.crashes),
+    fact("Worker", run.worker), fact("Started", fmtTime(run.started_at)),
+    fact("Updated", fmtTime(run.updated_at)), fact("Finished", fmtTime(run.finished_at) || "–"),
+    fact("Log position", run.last_position));
+  const err = run.last_error;
+  $("r-error").hidden = !err;
+  if (err) $("r-error").textContent = `${err.type}: ${err.message}` + (err.step ? `  (step ${err.step})` : "");
+  document.title = `Stepstone · ${run.workflow} · ${run.status}`;
+}
+
+function renderTimeline(attempts) {
+  const times = attempts.flatMap((a) => [a.started_at, a.ended_at]).filter(Boolean).map((t) => Date.parse(t));
+  const now = Date.now();
+  const t0 = Math.min(...times, now);
+  const live = runView.run && !["completed", "failed", "cancelled"].includes(runView.run.status);
+  const t1 = Math.max(...times, live ? now : 0, t0 + 1);
+  $("t-span").textContent = `${attempts.length} attempts over ${fmtDur((t1 - t0) / 1000)}`;
+  $("timeline").replaceChildren(...attempts.map((a) => {
+    const s = Date.parse(a.started_at || t0);
+    const end = a.ended_at ? Date.parse(a.ended_at) : (a.outcome === "running" ? now : s);
+    const seg = el("div", { class: "tl-seg " + (a.outcome || ""), title: `${a.step_key} attempt ${a.attempt}: ${a.outcome}` + (a.error_message ? ` – ${a.error_type}: ${a.error_message}` : "") });
+    seg.style.left = ((s - t0) / (t1 - t0) * 100).toFixed(2) + "%";
+    seg.style.width = (Math.max(0, end - s) / (t1 - t0) * 100).toFixed(2) + "%";
+    return el("div", { class: "tl-row" },
+      el("div", { class: "tl-label mono" }, `${a.step_key}`, a.attempt > 1 ? el("span", { class: "muted" }, ` #${a.attempt}`) : null),
+      el("div", { class: "tl-track" }, seg),
+      el("div", { class: "tl-dur" }, a.outcome === "completed" ? fmtDur(a.duration_s) : a.outcome));
+  }));
+}
+
+function details(fields) {
+  const text = Object.entries(fields).filter(([, v]) => v !== null).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ");
+  return text.length > 200 ? text.slice(0, 197) + "..." : text;
+}
+
+function renderEvents() {
+  const evs = runView.events;
+  $("events").tBodies[0].replaceChildren(...evs.slice(-300).reverse().map((e) => el("tr", {},
+    el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
+    el("td", {}, e.event_type), el("td", { class: "mono", title: details(e.fields) }, details(e.fields)))));
+  const cps = evs.filter((e) => e.event_type === "StepCheckpointed");
+  $("checkpoints").tBodies[0].replaceChildren(...cps.slice(-200).reverse().map((e) => el("tr", {},
+    el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
+    el("td", { class: "mono" }, e.fields.step_key), el("td", { class: "num" }, e.fields.attempt),
+    el("td", { class: "num" }, e.fields.sequence),
+    el("td", {}, e.fields.progress_total ? `${e.fields.progress_done ?? 0} / ${e.fields.progress_total}` : ""),
+    el("td", { class: "mono" }, JSON.stringify(e.fields.state)))));
+  $("checkpoints-empty").hidden = cps.length > 0;
+}
+
+async function loadRunDetails(id) {
+  const [steps] = await Promise.all([getJSON(`/runs/${id}/steps?limit=1000`), loadMoreEvents(id)]);
+  renderTimeline(steps.items);
+  renderEvents();
+}
+
+async function loadMoreEvents(id) {
+  for (;;) {
+    const q = new URLSearchParams({ limit: "1000" });
+    if (runView.cursor) q.set("cursor", runView.cursor);
+    const page = await getJSON(`/runs/${id}/events?` + q.toString());
+    runView.events.push(...page.items);
+    runView.cursor = page.next_cursor;
+    if (!page.more) return;
+  }
+}
+
+let detailTimer = null;
+function refreshDetailsSoon(id) {
+  if (detailTimer) return;
+  detailTimer = setTimeout(() => {
+    detailTimer = null;
+    // One load at a time: two in flight would both append the same events.
+    runView.busy = (runView.busy || Promise.resolve()).then(() => loadRunDetails(id)).catch(() => {});
+  }, 300);
+}
+
+async function showRun(id) {
+  $("list-view").hidden = true; $("run-view").hidden = false;
+  Object.assign(runView, { events: [], cursor: null, run: null });
+  closeStreams();
+  try {
+    renderRun(await getJSON(`/runs/${id}`));
+    await loadRunDetails(id);
+  } catch (e) { $("r-title").textContent = e.message; return; }
+  const src = new EventSource(`/runs/${id}/stream`);
+  src.addEventListener("open", () => setLive(true, "live"));
+  src.addEventListener("error", () => setLive(false, "reconnecting"));
+  src.addEventListener("run", (e) => { renderRun(JSON.parse(e.data)); refreshDetailsSoon(id); });
+  src.addEventListener("end", () => { src.close(); setLive(true, "run finished"); refreshDetailsSoon(id); });
+  state.runSource = src;
+}
+
+function closeStreams() {
+  for (const key of ["source", "runSource"]) { if (state[key]) { state[key].close(); state[key] = null; } }
+}
+
+function route() {
+  const m = location.hash.match(/^#\/runs\/([0-9a-fA-F-]{36})$/);
+  if (m) showRun(m[1]); else showList();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("f-status").addEventListener("change", () => { state.filters.status = $("f-status").value; loadRuns(true); });
+  $("f-workflow").addEventListener("change", () => { state.filters.workflow = $("f-workflow").value.trim(); loadRuns(true); });
+  $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("more").addEventListener("click", () => loadRuns(false));
+  window.addEventListener("hashchange", route);
+  refreshHealth(); setInterval(refreshHealth, 5000);
+  route();
+});

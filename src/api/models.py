@@ -1,0 +1,185 @@
+"""What the API answers, as pydantic models: the HTTP contract, kept apart from view rows.
+
+A view's columns can change with a release of the projections; these models change only on
+purpose, and the OpenAPI document is generated from them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepOutcome(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PREEMPTED = "preempted"
+    CRASHED = "crashed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorInfo(_Model):
+    """The latest error of a run: a failed step attempt (kept after a successful retry)."""
+
+    type: str | None
+    message: str | None
+    step: str | None
+
+
+class Progress(_Model):
+    """The current step's last checkpoint that reported a total."""
+
+    done: int | None
+    total: int
+
+
+class Run(_Model):
+    """One run as the runs view holds it."""
+
+    run_id: UUID
+    workflow: str
+    workflow_version: int
+    status: RunStatus
+    current_step: str | None = Field(description="key of the step in flight, if any")
+    current_step_status: str | None = Field(
+        description="running, failed (waiting for a retry or given up), preempted, or "
+        "waiting (a durable sleep)"
+    )
+    steps_done: int
+    steps_started: int
+    progress: Progress | None
+    attempts: int
+    retries: int = Field(description="attempts after a step's first, for any reason")
+    preemptions: int
+    crashes: int = Field(description="attempts whose worker died before recording an end")
+    interruptions: int = Field(description="preemptions + crashes")
+    worker: str | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    finished_at: datetime | None
+    last_error: ErrorInfo | None
+    last_position: int | None = Field(description="global log position of the run's last event")
+
+
+class RunPage(_Model):
+    items: list[Run]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class StepAttempt(_Model):
+    """One attempt of one step of a run."""
+
+    step_key: str
+    step_name: str | None
+    attempt: int
+    worker: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: StepOutcome | None
+    duration_s: float | None
+    error_type: str | None
+    error_message: str | None
+
+
+class StepAttemptPage(_Model):
+    run_id: UUID
+    items: list[StepAttempt]
+    next_cursor: str | None
+
+
+class Event(_Model):
+    """One event of a run, straight from the log: its global position and every field."""
+
+    position: int
+    version: int
+    timestamp: datetime
+    event_type: str
+    worker_id: str
+    fields: dict[str, Any]
+
+
+class EventPage(_Model):
+    run_id: UUID
+    items: list[Event]
+    next_cursor: str | None = Field(
+        description="the position after the last event returned: pass it as ?cursor= for the "
+        "next page, or later to get events recorded since (the log grows)"
+    )
+    more: bool = Field(description="whether more events were already there past this page")
+
+
+class WorkflowStats(_Model):
+    """Per workflow: its runs by status, and durations of the completed ones."""
+
+    workflow: str
+    runs: int
+    pending: int
+    running: int
+    preempted: int
+    waiting: int
+    completed: int
+    failed: int
+    cancelled: int
+    duration_p50_s: float | None
+    duration_p95_s: float | None
+
+
+class WorkflowList(_Model):
+    items: list[WorkflowStats]
+
+
+class Hotspot(_Model):
+    """Per workflow and step: how often its attempts were interrupted or failed."""
+
+    workflow: str
+    step_name: str
+    attempts: int
+    retries: int
+    failures: int
+    preemptions: int
+    crashes: int
+    interruptions: int = Field(description="preemptions + crashes, the sort key")
+
+
+class HotspotList(_Model):
+    items: list[Hotspot]
+
+
+class Health(_Model):
+    status: str
+
+
+class ViewLag(_Model):
+    view: str
+    position: int
+    lag: int
+
+
+class Readiness(_Model):
+    ready: bool
+    store: str = Field(description="'reachable' or why it is not")
+    head: int | None = Field(description="the log's last position")
+    max_lag: int = Field(description="the lag past which the API reports not ready")
+    views: list[ViewLag]
+
+
+class ErrorBody(_Model):
+    detail: str

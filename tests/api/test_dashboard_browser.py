@@ -1,0 +1,89 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright.
+
+Nothing downloads a browser: Playwright is pointed at the system binary
+(`STEPSTONE_TEST_CHROMIUM`, default /usr/bin/chromium). Without it the test is skipped with
+the reason, except under CI=true, where a missing browser is a failure. It takes 10-20 s, so
+it is marked slow: `pytest -m slow` (which CI runs) includes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from apiwf import counting
+from world import Server
+
+from engine import Engine, Settings
+
+CHROMIUM = os.environ.get("STEPSTONE_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def chromium_or_skip() -> str:
+    if shutil.which(CHROMIUM) is None:
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set " \
+                 "STEPSTONE_TEST_CHROMIUM)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true: a missing browser is a failure")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.mark.slow
+def test_dashboard_shows_a_run_advance_live(tmp_path: Path) -> None:
+    chromium = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Engine(Settings(database_url=url, worker_id="dashboard-test")) as engine:
+        for total in (3, 5):
+            engine.run(counting, {"total": total})
+        run_id = engine.start(counting, {"total": 100, "unit_ms": 60})
+        server = Server(url, tmp_path)
+        driver = threading.Thread(target=engine.resume, args=(run_id,))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium,
+                                            args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(server.base + "/")
+                row = page.locator(f'tr[data-run="{run_id}"]')
+                expect(row).to_be_visible(timeout=15_000)
+                expect(page.locator("#live-text")).to_have_text("live", timeout=10_000)
+                driver.start()
+                # The list row updates from /stream while the run goes on.
+                expect(row.locator(".pill")).to_have_text("running", timeout=15_000)
+                bar = row.locator(".progress span")
+                expect(bar).to_contain_text("%", timeout=15_000)
+                first = bar.inner_text()
+                expect(bar).not_to_have_text(first, timeout=15_000)
+                page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+                # The run page follows /runs/{id}/stream: its bar and checkpoints advance.
+                row.locator("a").click()
+                run_bar = page.locator("#r-bar-text")
+                expect(run_bar).to_contain_text("steps", timeout=10_000)
+                before = run_bar.inner_text()
+                expect(run_bar).not_to_have_text(before, timeout=15_000)
+                expect(page.locator("#checkpoints tbody tr").first).to_be_visible()
+                page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+                expect(page.locator("#r-status")).to_have_text("completed", timeout=30_000)
+                expect(page.locator("#timeline .tl-row")).to_have_count(2, timeout=10_000)
+                expect(page.locator("#live-text")).to_have_text("run finished")
+                page.screenshot(path=str(tmp_path / "run-done.png"), full_page=True)
+                page.emulate_media(color_scheme="dark")
+                page.locator("a.back").click()
+                expect(page.locator(f'tr[data-run="{run_id}"] .pill')).to_have_text("completed")
+                page.screenshot(path=str(tmp_path / "runs-dark.png"), full_page=True)
+                assert errors == []
+                browser.close()
+        finally:
+            if driver.is_alive() or driver.ident is not None:
+                driver.join()
+            assert server.stop() == 0, server.logs()
+    for name in ("runs.png", "run.png", "run-done.png", "runs-dark.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
