@@ -251,6 +251,10 @@ class LeaseStore:
         return text.format(**self._n)
 
     def _create(self, cur: _Cursor) -> None:
+        if self.location.kind == "postgres":  # processes starting together: one at a time
+            from engine.store import SCHEMA_LOCK_KEY
+
+            cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
         for ddl in _DDL:
             cur.execute(self._sql(ddl))
 

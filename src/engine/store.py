@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 from uuid import UUID
 
@@ -49,8 +50,10 @@ class RunStore(Application[UUID]):
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
             if location.kind == "postgres":
-                _probe_postgres(location)
-            super().__init__(env=env)
+                with _schema_lock(location):
+                    super().__init__(env=env)
+            else:
+                super().__init__(env=env)
         except _STORE_ERRORS as e:
             raise StoreUnavailableError(location.display, _reason(e)) from e
 
@@ -163,17 +166,33 @@ def _select_with_positions(store: RunStore, run_id: UUID) -> Sequence[Sequence[A
         return [tuple(row.values()) for row in curs.fetchall()]
 
 
-def _probe_postgres(location: StoreLocation) -> None:
-    """Connect once directly: the pool would only say it timed out, hiding the real cause."""
+SCHEMA_LOCK_KEY = 0x5E5E_0002
+
+
+@contextmanager
+def _schema_lock(location: StoreLocation) -> Iterator[None]:
+    """Connect directly first, then hold an advisory lock while the tables are created.
+
+    Connecting directly gives the real cause of a failure (the pool would only say it timed
+    out). The lock serializes the library's CREATE TABLE / CREATE OR REPLACE FUNCTION between
+    processes starting together (a pool of workers), which PostgreSQL otherwise fails with
+    "tuple concurrently updated" or a duplicate catalog key.
+    """
     env = location.env
-    psycopg.connect(
+    with psycopg.connect(
         dbname=env["POSTGRES_DBNAME"],
         host=env["POSTGRES_HOST"],
         port=env["POSTGRES_PORT"],
         user=env["POSTGRES_USER"],
         password=env["POSTGRES_PASSWORD"],
         connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-    ).close()
+        autocommit=True,
+    ) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 def _reason(error: BaseException) -> str:

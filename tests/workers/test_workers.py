@@ -338,3 +338,16 @@ def test_the_compose_commands_run_the_demo_through_workers(pg_schema: str,
     finally:
         proc.kill()
         log.close()
+
+
+def test_workers_starting_together_on_an_empty_store_all_come_up(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Table and function creation is serialized: no 'tuple concurrently updated' at start."""
+    with workers(store_url, tmp_path, 4, *FAST_LEASE) as procs:
+        deadline = time.monotonic() + 60
+        while not all("started" in p.log() for p in procs):
+            assert all(p.proc.poll() is None for p in procs), [p.log() for p in procs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [p.stop() for p in procs] == [0, 0, 0, 0]
