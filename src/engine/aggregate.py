@@ -17,6 +17,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict
 
 from engine import events as ev
+from engine.chain import seal
 
 
 class RunStatus(StrEnum):
@@ -26,6 +27,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PARKED = "parked"  # audit: diverged on resume, waits for compatible code (not terminal)
 
     @property
     def is_terminal(self) -> bool:
@@ -60,6 +62,14 @@ class StepState(BaseModel):
     next_attempt_at: datetime | None = None
 
 
+class Divergence(BaseModel):
+    """Where a parked run's history and the code parted: the step recorded, the step asked."""
+
+    expected: str
+    actual: str
+    position: int
+
+
 class RunState(BaseModel):
     """Everything the engine decides from; steps keep the order they were first started in."""
 
@@ -76,6 +86,12 @@ class RunState(BaseModel):
     error: ErrorInfo | None = None
     worker_id: str = ""
     last_reason: str | None = None
+    # -- audit and replay (issue 6) --
+    last_hash: str | None = None  # the chain continues from here, also after a snapshot
+    patches: list[str] = []  # change ids of patch markers recorded, in order
+    parent_run_id: UUID | None = None  # a fork's parent run
+    forked_from_step: str | None = None
+    parked: Divergence | None = None
 
 
 class WorkflowRun(BaseAggregate[UUID]):
@@ -87,10 +103,25 @@ class WorkflowRun(BaseAggregate[UUID]):
 
     @classmethod
     def start(cls, run_id: UUID, **fields: Any) -> WorkflowRun:
+        fields.setdefault("parent_run_id", None)
+        fields.setdefault("forked_from_step", None)
+        # Tamper evidence: the first event opens the run's hash chain (engine.chain).
+        fields["prev_hash"] = None
+        fields["hash"] = seal(
+            ev.RunStarted,
+            {**fields, "originator_id": run_id, "originator_version": cls.INITIAL_VERSION,
+             "originator_topic": get_topic(cls)},
+        )
         return cls._create(ev.RunStarted, id=run_id, **fields)
 
     def record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
         """Append a new event to this run (pending until the store saves it)."""
+        # Tamper evidence: chain the event to the run's last one (engine.chain).
+        fields["prev_hash"] = self.state.last_hash
+        fields["hash"] = seal(
+            event_class,
+            {**fields, "originator_id": self.id, "originator_version": self.version + 1},
+        )
         self.trigger_event(event_class, **fields)
 
     @property
@@ -104,6 +135,7 @@ class WorkflowRun(BaseAggregate[UUID]):
     def when(self, event: ev.RunEvent) -> None:
         s = self.state
         s.worker_id = event.worker_id
+        s.last_hash = event.hash
         match event:
             case ev.RunStarted():
                 s.workflow = event.workflow
@@ -113,9 +145,12 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.input = event.input
                 s.input_digest = event.input_digest
                 s.idempotency_key = event.idempotency_key
+                s.parent_run_id = event.parent_run_id
+                s.forked_from_step = event.forked_from_step
             case ev.RunResumed():
                 s.status = RunStatus.RUNNING
                 s.last_reason = event.reason.value
+                s.parked = None
             case ev.StepStarted():
                 s.status = RunStatus.RUNNING
                 prior = s.steps.get(event.step_key)
@@ -162,6 +197,24 @@ class WorkflowRun(BaseAggregate[UUID]):
             case ev.RunCancelled():
                 s.status = RunStatus.CANCELLED
                 s.last_reason = f"{event.by}: {event.reason}"
+            # -- audit and replay (issue 6) --
+            case ev.PatchMarked():
+                s.patches.append(event.change_id)
+            case ev.StepReused():
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key,
+                    name=event.step_name,
+                    attempt=0,
+                    status=StepStatus.COMPLETED,
+                    started_at=event.timestamp,
+                    output=event.output,
+                )
+            case ev.RunParked():
+                s.status = RunStatus.PARKED
+                s.last_reason = event.reason
+                s.parked = Divergence(
+                    expected=event.expected, actual=event.actual, position=event.position
+                )
 
     @property
     def completed_steps(self) -> int:

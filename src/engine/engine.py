@@ -18,12 +18,14 @@ from engine.driver import RunDriver, utc_now
 from engine.errors import (
     ConfigurationError,
     IdempotencyConflictError,
+    NonDeterminismError,
     RunConflictError,
     RunNotFinishedError,
     StoreUnavailableError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, RunInfo, RunResult
 from engine.settings import Settings
@@ -159,7 +161,11 @@ class Engine:
             token=self.token,
             checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
         )
-        return driver.drive()
+        try:
+            return driver.drive()
+        except NonDeterminismError as e:
+            # Audit (issue 6): a diverging run is parked, visibly, until compatible code is back.
+            raise park(self.store, e, worker_id=self.settings.worker_id, clock=utc_now) from e
 
     def preempt(self, reason: str = "preemption requested by the application") -> None:
         self.token.request(reason)

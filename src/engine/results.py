@@ -30,6 +30,7 @@ class RunInfo:
     started_at: datetime
     updated_at: datetime
     version: int
+    parked_reason: str | None = None  # audit: why a parked run waits (RunParked's reason)
 
     @classmethod
     def of(cls, run: WorkflowRun) -> RunInfo:
@@ -54,6 +55,7 @@ class RunInfo:
             started_at=run.created_on,
             updated_at=run.modified_on,
             version=run.version,
+            parked_reason=s.last_reason if s.status is RunStatus.PARKED else None,
         )
 
 

@@ -31,6 +31,7 @@ STATUS_AFTER = {
     "RunCompleted": "completed",
     "RunFailed": "failed",
     "RunCancelled": "cancelled",
+    "RunParked": "parked",  # audit (issue 6): diverged on resume, waits for compatible code
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 

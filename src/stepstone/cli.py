@@ -25,7 +25,7 @@ from engine import (
     load_workflow,
     signals_request_preemption,
 )
-from stepstone import output
+from stepstone import audit_cli, output
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
@@ -36,6 +36,7 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.projections_cli import projections
+from stepstone.timeline import show_timeline
 
 
 def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
@@ -213,6 +214,11 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             for e in entries:
                 output.emit_json(e.__dict__)
         else:
-            output.show_history(entries)
+            show_timeline(entries)  # audit (issue 6): the readable timeline
 
 main.add_command(projections)
+# Audit and replay (issue 6): stepstone export / replay / fork / verify.
+main.add_command(audit_cli.export)
+main.add_command(audit_cli.replay)
+main.add_command(audit_cli.fork)
+main.add_command(audit_cli.verify)
