@@ -24,6 +24,7 @@ class RunStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     PREEMPTED = "preempted"
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -39,6 +40,7 @@ class StepStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     PREEMPTED = "preempted"
+    WAITING = "waiting"
 
 
 class ErrorInfo(BaseModel):
@@ -60,6 +62,7 @@ class StepState(BaseModel):
     error: ErrorInfo | None = None
     retryable: bool = False
     next_attempt_at: datetime | None = None
+    wake_at: datetime | None = None
 
 
 class Divergence(BaseModel):
@@ -80,6 +83,7 @@ class RunState(BaseModel):
     input: dict[str, Any] = {}
     input_digest: str = ""
     idempotency_key: str | None = None
+    queue: str = "default"
     status: RunStatus = RunStatus.PENDING
     steps: dict[str, StepState] = {}
     output: Any = None
@@ -147,6 +151,7 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.idempotency_key = event.idempotency_key
                 s.parent_run_id = event.parent_run_id
                 s.forked_from_step = event.forked_from_step
+                s.queue = event.queue
             case ev.RunResumed():
                 s.status = RunStatus.RUNNING
                 s.last_reason = event.reason.value
@@ -183,6 +188,19 @@ class WorkflowRun(BaseAggregate[UUID]):
                 step.next_attempt_at = event.next_attempt_at
             case ev.StepPreempted():
                 s.steps[event.step_key].status = StepStatus.PREEMPTED
+            case ev.TimerStarted():
+                s.status = RunStatus.WAITING
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key,
+                    name="sleep",
+                    attempt=1,
+                    status=StepStatus.WAITING,
+                    started_at=event.timestamp,
+                    wake_at=event.wake_at,
+                )
+            case ev.TimerFired():
+                s.status = RunStatus.RUNNING
+                s.steps[event.step_key].status = StepStatus.COMPLETED
             case ev.RunPreempted():
                 s.status = RunStatus.PREEMPTED
                 s.last_reason = event.reason

@@ -67,6 +67,18 @@ class JsonCodec:
         return self._adapter.validate_python(data)
 
 
+class StepCall(Generic[R]):
+    """A step call not made yet: what `gather` runs as one parallel branch."""
+
+    def __init__(self, step: Step[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.step = step
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> R:
+        return self.step(*self.args, **self.kwargs)
+
+
 class Step(Generic[P, R]):
     """A durable step. Inside a workflow run its outcome is recorded; elsewhere it just runs."""
 
@@ -83,6 +95,10 @@ class Step(Generic[P, R]):
             return self._run_detached(*args, **kwargs)
         result: R = runner.call_step(self, args, kwargs)
         return result
+
+    def bind(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
+        """This step with its arguments, to run later as a branch of `gather`."""
+        return StepCall(self, args, kwargs)
 
     def _run_detached(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = StepContext(
@@ -126,10 +142,15 @@ def step(
 class Workflow(Generic[P, R]):
     """A workflow: deterministic code that calls steps. Called directly, it runs undurably."""
 
-    def __init__(self, fn: Callable[P, R], name: str, version: int) -> None:
+    def __init__(
+        self, fn: Callable[P, R], name: str, version: int, *, queue: str = "default",
+        concurrency: int | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
+        self.queue = queue
+        self.concurrency = concurrency
         self.entrypoint = f"{fn.__module__}:{fn.__qualname__}"
         self.codec = JsonCodec(fn, f"workflow {name!r}")
         functools.update_wrapper(self, fn)
@@ -193,13 +214,20 @@ class Workflow(Generic[P, R]):
 
 
 def workflow(
-    name: str | None = None, *, version: int = 1
+    name: str | None = None, *, version: int = 1, queue: str = "default",
+    concurrency: int | None = None,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
-    """Declare a workflow. `name` identifies its runs (and idempotency keys) across releases."""
+    """Declare a workflow. `name` identifies its runs (and idempotency keys) across releases.
+
+    Workers pick its runs from `queue`; `concurrency` caps how many of its runs are driven at
+    once by all workers together (recorded in the store when a run is started).
+    """
     if callable(name):
         raise TypeError("use @workflow() or @workflow('name', version=1), with parentheses")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"@workflow(concurrency={concurrency}) must be at least 1 or None")
 
     def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
-        return Workflow(fn, name or fn.__name__, version)
+        return Workflow(fn, name or fn.__name__, version, queue=queue, concurrency=concurrency)
 
     return wrap

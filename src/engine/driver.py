@@ -8,10 +8,13 @@ in that window only runs the step again, inside the at-least-once contract.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +22,15 @@ from typing import Any
 from engine import events as ev
 from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
-from engine.definitions import JsonCodec, Step, Workflow
-from engine.errors import ConfigurationError, NonDeterminismError, OutputEncodingError
+from engine.definitions import JsonCodec, Step, StepCall, Workflow
+from engine.errors import (
+    ConfigurationError,
+    EngineError,
+    LeaseLostError,
+    NonDeterminismError,
+    OutputEncodingError,
+    RunConflictError,
+)
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
 from engine.store import RunStore
@@ -44,6 +54,23 @@ class _Checkpoint:
     total: int | None
 
 
+class _Abandon(BaseException):
+    """Unwinds everything, writing nothing more: the run is no longer this worker's to write."""
+
+    def __init__(self, error: EngineError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+class _Suspend(BaseException):
+    """Unwinds to `drive` so a worker can let the run wait (a timer, a retry) without holding
+    a thread; everything recorded so far is saved first."""
+
+    def __init__(self, due: datetime) -> None:
+        self.due = due
+        super().__init__(due.isoformat())
+
+
 class StepFailedError(Exception):
     """Raised in workflow code when a step failed for good; uncaught, it fails the run."""
 
@@ -55,6 +82,14 @@ class StepFailedError(Exception):
 
 
 class RunDriver:
+    """Drives one run in this thread (and its fan-out branches in a few more).
+
+    `lease_check`, when given, is called before every save and raises `LeaseLostError` once
+    this worker may no longer hold the run; `suspend_after_s`, when given, makes waits longer
+    than that (retry backoff, durable sleep) end the drive instead of blocking, so a worker can
+    hand the run back until it is due. Both are the worker's; a local drive leaves them unset.
+    """
+
     def __init__(
         self,
         store: RunStore,
@@ -65,6 +100,9 @@ class RunDriver:
         token: PreemptionToken,
         checkpoint_min_interval_s: float = 0.0,
         clock: Clock = utc_now,
+        lease_check: Callable[[], None] | None = None,
+        suspend_after_s: float | None = None,
+        resume_reason: ev.ResumeReason | None = None,
     ) -> None:
         self.store = store
         self.run = run
@@ -73,29 +111,62 @@ class RunDriver:
         self.token = token
         self.checkpoint_min_interval_s = checkpoint_min_interval_s
         self.clock = clock
+        self.lease_check = lease_check
+        self.suspend_after_s = suspend_after_s
+        self.resume_reason = resume_reason
+        self.resume_at: datetime | None = None
         self._history = list(run.steps)
         self._position = 0
         self._ordinals: Counter[str] = Counter()
-        self._pending_checkpoint: _Checkpoint | None = None
+        self._pending_checkpoints: dict[str, _Checkpoint] = {}
+        self._last_checkpoint_at: dict[str, float] = {}
         self._divergence: NonDeterminismError | None = None
-        self._last_checkpoint_at = 0.0
+        self._abandoned: EngineError | None = None
+        # Fan-out branches record from their own threads; one lock keeps the aggregate and its
+        # pending events consistent (steps are long, so it is never contended for long).
+        self._lock = threading.RLock()
 
     # -- recording ------------------------------------------------------------------------
     def _record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
-        self.run.record(event_class, timestamp=self.clock(), worker_id=self.worker_id, **fields)
+        with self._lock:
+            self.run.record(
+                event_class, timestamp=self.clock(), worker_id=self.worker_id, **fields
+            )
 
     def _save(self) -> None:
-        self.store.save_run(self.run)
+        with self._lock:
+            if self._abandoned is not None:
+                raise _Abandon(self._abandoned)
+            try:
+                if self.lease_check is not None:
+                    self.lease_check()
+                self.store.save_run(self.run)
+            except (RunConflictError, LeaseLostError) as e:
+                # The fence: another worker owns the run now. Write nothing more, anywhere.
+                self._abandoned = e
+                raise _Abandon(e) from e
 
     # -- the run --------------------------------------------------------------------------
     def drive(self) -> RunResult:
+        """Run the workflow body until the run ends, is preempted, or (worker) must wait.
+
+        Raises `RunConflictError`/`LeaseLostError` when another worker took the run over, and
+        `NonDeterminismError` when the body no longer matches the history; neither writes.
+        """
+        try:
+            return self._drive()
+        except _Abandon as a:
+            log.warning("run %s abandoned: %s", self.run.id, a.error)
+            raise a.error from None
+
+    def _drive(self) -> RunResult:
         run = self.run
         if run.status.is_terminal:
             return RunResult.of(run)
         reason = _resume_reason(run)
         if reason is not None:
             # Pending until the first real write: a run that diverges is left untouched.
-            self._record(ev.RunResumed, reason=reason)
+            self._record(ev.RunResumed, reason=self.resume_reason or reason)
         reset = current_runner.set(self)
         try:
             output = self.definition.fn(**self.definition.bind_input(run.state.input))
@@ -111,6 +182,12 @@ class RunDriver:
             self._save()
             log.info("run %s preempted: %s", run.id, p.reason)
             return RunResult.of(run)
+        except _Suspend as s:
+            self._flush_checkpoints()
+            self._save()
+            self.resume_at = s.due
+            log.info("run %s waits until %s", run.id, s.due.isoformat())
+            return RunResult.of(run, resume_at=s.due)
         except NonDeterminismError:
             raise  # before any write: the log stays exactly as it was
         except (OutputEncodingError, ConfigurationError):
@@ -138,18 +215,19 @@ class RunDriver:
         self._save()
         log.warning("run %s failed: %s: %s", self.run.id, error_type, message)
 
-    # -- steps ----------------------------------------------------------------------------
-    def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # -- positions ------------------------------------------------------------------------
+    def _next_position(self, name: str) -> tuple[str, StepState | None]:
+        """The key of the body's next durable call, checked against the recorded history."""
         if current_step.get() is not None:
             raise RuntimeError(
-                f"step {step.name!r} was called from inside another step; call steps from the "
-                "workflow body so each is recorded on its own"
+                f"{name!r} was called from inside a step; call steps, sleeps and gathers "
+                "from the workflow body so each is recorded on its own"
             )
         if self._divergence is not None:
             raise self._divergence
-        ordinal = self._ordinals[step.name]
-        self._ordinals[step.name] += 1
-        key = f"{step.name}#{ordinal}"
+        ordinal = self._ordinals[name]
+        self._ordinals[name] += 1
+        key = f"{name}#{ordinal}"
         recorded: StepState | None = None
         if self._position < len(self._history):
             expected = self._history[self._position]
@@ -161,13 +239,14 @@ class RunDriver:
                 raise self._divergence
             recorded = self.run.steps[key]
         self._position += 1
-        if recorded is not None:
-            if recorded.status is StepStatus.COMPLETED:
-                return step.codec.decode(recorded.output)
-            if recorded.status is StepStatus.FAILED and not recorded.retryable:
-                err = recorded.error
-                assert err is not None
-                raise StepFailedError(key, err.error_type, err.message)
+        return key, recorded
+
+    # -- steps ----------------------------------------------------------------------------
+    def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key, recorded = self._next_position(step.name)
+        replayed = _replayed(step, key, recorded)
+        if replayed is not _NOT_RECORDED:
+            return replayed
         return self._execute(step, key, recorded, args, kwargs)
 
     def _execute(
@@ -177,16 +256,26 @@ class RunDriver:
         recorded: StepState | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        started: int | None = None,
     ) -> Any:
+        """Run attempts of one step until one completes or the failure is final.
+
+        `started` is an attempt whose `StepStarted` the caller already recorded (a fan-out
+        records its branches' starts in list order, so their history order is stable).
+        """
         attempt = recorded.attempt if recorded else 0
         due = recorded.next_attempt_at if recorded else None
         while True:
-            self._raise_if_preempted()
-            if due is not None:
-                self._wait_until(due)
-            attempt += 1
-            self._record(ev.StepStarted, step_key=key, step_name=step.name, attempt=attempt)
-            self._save()
+            if started is None:
+                self._raise_if_preempted()
+                if due is not None:
+                    self._wait_until(due)
+                attempt += 1
+                self._record(ev.StepStarted, step_key=key, step_name=step.name, attempt=attempt)
+                self._save()
+            else:
+                attempt, started = started, None
             state = self.run.steps[key]
             ctx = StepContext(
                 run_id=self.run.id,
@@ -196,12 +285,12 @@ class RunDriver:
                 checkpoint_sequence=state.checkpoint_sequence,
                 sink=self,
             )
-            started = time.perf_counter()
+            t0 = time.perf_counter()
             reset = current_step.set(ctx)
             try:
                 value = step.fn(*args, **kwargs)
             except Preempted as p:
-                self._flush_checkpoint()
+                self._flush_checkpoint(key)
                 self._record(
                     ev.StepPreempted,
                     step_key=key,
@@ -211,21 +300,21 @@ class RunDriver:
                 )
                 raise
             except Exception as e:
-                self._flush_checkpoint()
-                due = self._record_failure(step, key, attempt, e, time.perf_counter() - started)
+                self._flush_checkpoint(key)
+                due = self._record_failure(step, key, attempt, e, time.perf_counter() - t0)
                 if due is None:
                     raise StepFailedError(key, type(e).__name__, str(e)) from e
                 continue
             finally:
                 current_step.reset(reset)
-            self._pending_checkpoint = None  # completion supersedes a throttled checkpoint
+            self._pending_checkpoints.pop(key, None)  # completion supersedes a throttled one
             encoded = step.codec.encode(value)
             self._record(
                 ev.StepCompleted,
                 step_key=key,
                 attempt=attempt,
                 output=encoded,
-                duration_s=time.perf_counter() - started,
+                duration_s=time.perf_counter() - t0,
             )
             return step.codec.decode(encoded)
 
@@ -278,8 +367,107 @@ class RunDriver:
 
     def _wait_until(self, due: datetime) -> None:
         delay = (due - self.clock()).total_seconds()
-        if delay > 0 and self.token.wait(delay):
+        if delay <= 0:
+            return
+        if self.suspend_after_s is not None and delay > self.suspend_after_s:
+            raise _Suspend(due)
+        if self.token.wait(delay):
             raise Preempted(self.token.reason)
+
+    # -- durable sleep --------------------------------------------------------------------
+    def sleep(self, seconds: float) -> None:
+        """Wait durably: the wake time is recorded first, so a restart keeps the deadline."""
+        key, recorded = self._next_position("sleep")
+        if recorded is not None and recorded.status is StepStatus.COMPLETED:
+            return
+        self._raise_if_preempted()
+        if recorded is None or recorded.wake_at is None:
+            wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
+            self._record(ev.TimerStarted, step_key=key, wake_at=wake_at, duration_s=seconds)
+            self._save()
+        else:
+            wake_at = recorded.wake_at
+        self._wait_until(wake_at)
+        self._record(ev.TimerFired, step_key=key)  # held, like a completion
+
+    # -- fan-out --------------------------------------------------------------------------
+    def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
+        """Run independent steps in parallel (at most `limit` at once); results in call order.
+
+        Each branch is an ordinary step with its own key, recorded and resumed on its own.
+        Starts are recorded here, in call order, so the history's order does not depend on
+        thread timing. A branch's completion is saved at once: a long fan-out keeps each
+        finished branch even if the process dies before the others end.
+        """
+        if limit < 1:
+            raise ValueError(f"gather(limit={limit}) must allow at least one branch at a time")
+        results: list[Any] = [None] * len(calls)
+        failures: dict[int, BaseException] = {}
+        stop = threading.Event()
+        slots = threading.Semaphore(limit)
+        futures: dict[int, Future[Any]] = {}
+        covered = 0  # calls replayed or dispatched; fewer than all means the loop stopped early
+
+        def branch(step: Step[..., Any], key: str, recorded: StepState | None,
+                   call: StepCall[Any], attempt: int) -> Any:
+            try:
+                value = self._execute(step, key, recorded, call.args, call.kwargs,
+                                      started=attempt)
+                self._save()
+                return value
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                slots.release()
+
+        with ThreadPoolExecutor(max_workers=min(limit, max(1, len(calls))),
+                                thread_name_prefix="stepstone-branch") as pool:
+            for i, call in enumerate(calls):
+                if stop.is_set() or self.token.requested:
+                    break
+                key, recorded = self._next_position(call.step.name)
+                try:
+                    replayed = _replayed(call.step, key, recorded)
+                except StepFailedError as e:
+                    failures[i] = e
+                    break
+                if replayed is not _NOT_RECORDED:
+                    results[i] = replayed
+                    covered += 1
+                    continue
+                if recorded is not None and recorded.next_attempt_at is not None \
+                        and recorded.status is StepStatus.FAILED:
+                    try:
+                        self._wait_until(recorded.next_attempt_at)
+                    except BaseException as e:
+                        failures[i] = e
+                        break
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        break
+                else:
+                    attempt = (recorded.attempt if recorded else 0) + 1
+                    self._record(ev.StepStarted, step_key=key, step_name=call.step.name,
+                                 attempt=attempt)
+                    self._save()
+                    ctx = contextvars.copy_context()
+                    futures[i] = pool.submit(ctx.run, branch, call.step, key, recorded, call,
+                                             attempt)
+                    covered += 1
+                    continue
+                break
+        for i, fut in futures.items():
+            exc = fut.exception()
+            if exc is None:
+                results[i] = fut.result()
+            else:
+                failures[i] = exc
+        if failures:
+            raise _most_severe(failures)
+        if covered < len(calls):  # stopped dispatching for a preemption request
+            raise Preempted(self.token.reason)
+        return results
 
     # -- checkpoints (the StepContext sink) -----------------------------------------------
     @property
@@ -291,18 +479,23 @@ class RunDriver:
         ctx.checkpoint_sequence += 1
         ctx.last_checkpoint = encoded
         now = time.monotonic()
-        throttled = now - self._last_checkpoint_at < self.checkpoint_min_interval_s
-        self._pending_checkpoint = _Checkpoint(ctx, encoded, done, total)
+        last = self._last_checkpoint_at.get(ctx.step_key, 0.0)
+        throttled = now - last < self.checkpoint_min_interval_s
+        self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
         if not throttled or self.token.requested:
-            self._flush_checkpoint()
-            self._last_checkpoint_at = now
+            self._flush_checkpoint(ctx.step_key)
+            self._last_checkpoint_at[ctx.step_key] = now
         if self.token.requested:
             raise Preempted(self.token.reason)
 
-    def _flush_checkpoint(self) -> None:
-        if self._pending_checkpoint is None:
+    def _flush_checkpoints(self) -> None:
+        for key in list(self._pending_checkpoints):
+            self._flush_checkpoint(key)
+
+    def _flush_checkpoint(self, key: str) -> None:
+        cp = self._pending_checkpoints.pop(key, None)
+        if cp is None:
             return
-        cp, self._pending_checkpoint = self._pending_checkpoint, None
         self._record(
             ev.StepCheckpointed,
             step_key=cp.ctx.step_key,
@@ -315,6 +508,39 @@ class RunDriver:
         self._save()
 
 
+_NOT_RECORDED: Any = object()
+
+
+def _replayed(step: Step[..., Any], key: str, recorded: StepState | None) -> Any:
+    """The recorded outcome of a step, or `_NOT_RECORDED` if it has to run (again)."""
+    if recorded is None:
+        return _NOT_RECORDED
+    if recorded.status is StepStatus.COMPLETED:
+        return step.codec.decode(recorded.output)
+    if recorded.status is StepStatus.FAILED and not recorded.retryable:
+        err = recorded.error
+        assert err is not None
+        raise StepFailedError(key, err.error_type, err.message)
+    return _NOT_RECORDED
+
+
+# Which branch error a fan-out raises when several branches stopped: the one that says the most
+# about the run's state wins (losing the run beats a divergence beats a stop beats a failure).
+_SEVERITY: tuple[type[BaseException], ...] = (
+    _Abandon, NonDeterminismError, Preempted, _Suspend, StepFailedError,
+)
+
+
+def _most_severe(failures: dict[int, BaseException]) -> BaseException:
+    for kind in _SEVERITY:
+        found = [failures[i] for i in sorted(failures) if isinstance(failures[i], kind)]
+        if found:
+            if kind is _Suspend:
+                return min(found, key=lambda e: e.due)  # type: ignore[attr-defined]
+            return found[0]
+    return failures[min(failures)]
+
+
 def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
     if run.status is RunStatus.PENDING:
         return None
@@ -322,6 +548,8 @@ def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
         return ev.ResumeReason.AFTER_PREEMPTION
     if run.status is RunStatus.PARKED:  # audit: compatible code is back
         return ev.ResumeReason.AFTER_PARKING
+    if run.status is RunStatus.WAITING:
+        return ev.ResumeReason.TIMER_DUE
     last = next(reversed(run.steps.values()), None)
     if last is not None and last.status is StepStatus.FAILED and last.retryable:
         return ev.ResumeReason.RETRY_DUE

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -17,14 +19,20 @@ from engine.definitions import Workflow
 from engine.driver import RunDriver, utc_now
 from engine.errors import (
     ConfigurationError,
+    EngineError,
     IdempotencyConflictError,
+    LeaseLostError,
     NonDeterminismError,
     RunConflictError,
+    RunLeasedError,
     RunNotFinishedError,
     StoreUnavailableError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from engine.events import ResumeReason
+from engine.heartbeat import LeaseKeeper
+from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, RunInfo, RunResult
@@ -75,7 +83,10 @@ class Engine:
             raise StoreUnavailableError(
                 location.display, f"directory {location.sqlite_path.parent} does not exist"
             )
+        self.location = location
         self.store = RunStore(location, snapshot_interval=self.settings.snapshot_interval)
+        self._leases: LeaseStore | None = None
+        self._keeper: LeaseKeeper | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Engine:
@@ -88,7 +99,31 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self._leases is not None:
+            self._leases.close()
         self.store.close()
+
+    @property
+    def leases(self) -> LeaseStore:
+        """The runnable index beside the log (created on first use: readers never need it)."""
+        if self._leases is None:
+            self._leases = LeaseStore(self.location)
+        return self._leases
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        """Renews the leases this process holds, in a background thread."""
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(
+                self.leases,
+                self.settings.worker_id,
+                lease_s=self.settings.lease_duration_s,
+                interval_s=self.settings.heartbeat_interval_s,
+            )
+            self._keeper.start()
+        return self._keeper
 
     def register(self, *workflows: Workflow[..., Any]) -> None:
         for wf in workflows:
@@ -104,7 +139,21 @@ class Engine:
         *,
         key: str | None = None,
     ) -> UUID:
-        """Record a new run (nothing executes yet). With `key`, starting twice gives one run."""
+        """Record a new run for any worker to drive. With `key`, starting twice gives one run.
+
+        Nothing executes here: `resume(run_id)` drives it in this process, or a
+        `stepstone worker` on the same store picks it up.
+        """
+        return self._start(workflow, input, key=key, owner=None)
+
+    def _start(
+        self,
+        workflow: Workflow[..., Any],
+        input: Mapping[str, Any] | None,
+        *,
+        key: str | None,
+        owner: str | None,
+    ) -> UUID:
         self.register(workflow)
         recorded_input = workflow.normalize_input(input)
         digest = input_digest(recorded_input)
@@ -120,6 +169,7 @@ class Engine:
             input=recorded_input,
             input_digest=digest,
             idempotency_key=key,
+            queue=workflow.queue,
         )
         try:
             self.store.save_run(run)
@@ -130,6 +180,15 @@ class Engine:
             if existing.state.input_digest != digest:
                 raise IdempotencyConflictError(key, run_id) from None
             log.info("idempotency key %r: returning existing run %s", key, run_id)
+        # After the log: a crash in between leaves a run without a row, which the worker's
+        # sweep restores from the log. (Held by `owner` when this process drives it next.)
+        limits = (
+            [(workflow_scope(workflow.name), workflow.concurrency)] if workflow.concurrency else []
+        )
+        self.leases.enqueue(
+            run_id, workflow.name, workflow.queue, owner=owner,
+            lease_s=self.settings.lease_duration_s, limits=limits,
+        )
         return run_id
 
     def run(
@@ -140,32 +199,99 @@ class Engine:
         key: str | None = None,
     ) -> RunResult:
         """Start (or, with a known key, find) a run and drive it until it ends or is preempted."""
-        return self.resume(self.start(workflow, input, key=key))
+        return self.resume(
+            self._start(workflow, input, key=key, owner=self.settings.worker_id)
+        )
 
     def resume(self, run_id: UUID) -> RunResult:
-        """Drive a run from where its log says it is; a finished run just returns its result."""
+        """Drive a run here from where its log says it is, until it ends or is preempted.
+
+        A finished run just returns its result. The run is leased to this process while it
+        runs, so workers leave it alone; `RunLeasedError` if a live worker holds it now.
+        """
         run = self.store.load(run_id)
         if run.status.is_terminal:
             return RunResult.of(run)
-        definition = self._definition_for(run)
-        if definition.version != run.state.workflow_version:
-            log.warning(
-                "run %s was started by %s version %d; the code now says version %d",
-                run.id, definition.name, run.state.workflow_version, definition.version,
-            )
-        driver = RunDriver(
-            self.store,
-            run,
-            definition,
-            worker_id=self.settings.worker_id,
-            token=self.token,
-            checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
+        since = time.monotonic()
+        holder = self.leases.claim_run(
+            run_id, self.settings.worker_id, self.settings.lease_duration_s,
+            workflow=run.state.workflow, queue=run.state.queue,
         )
+        if holder is not None:
+            raise RunLeasedError(run_id, holder)
+        return self.drive_claimed(run_id, since=since)
+
+    def drive_claimed(
+        self,
+        run_id: UUID,
+        *,
+        since: float,
+        resume_reason: ResumeReason | None = None,
+        suspend_after_s: float | None = None,
+    ) -> RunResult:
+        """Drive a run whose lease this process just took (at monotonic time `since`).
+
+        The lease is kept alive while the run is driven and handed back afterwards: finished,
+        due again now (preempted), due at a later time (waiting), or parked (diverged).
+        """
+        keeper = self.keeper
+        keeper.hold(run_id, since=since)
+        owner = self.settings.worker_id
         try:
-            return driver.drive()
-        except NonDeterminismError as e:
-            # Audit (issue 6): a diverging run is parked, visibly, until compatible code is back.
-            raise park(self.store, e, worker_id=self.settings.worker_id, clock=utc_now) from e
+            run = self.store.load(run_id)
+            if run.status.is_terminal:
+                self._release(run_id, state=DONE)
+                return RunResult.of(run)
+            definition = self._definition_for(run)
+            if definition.version != run.state.workflow_version:
+                log.warning(
+                    "run %s was started by %s version %d; the code now says version %d",
+                    run.id, definition.name, run.state.workflow_version, definition.version,
+                )
+            driver = RunDriver(
+                self.store,
+                run,
+                definition,
+                worker_id=owner,
+                token=self.token,
+                checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
+                lease_check=lambda: keeper.check(run_id),
+                suspend_after_s=suspend_after_s,
+                resume_reason=resume_reason,
+            )
+            try:
+                result = driver.drive()
+            except NonDeterminismError as e:
+                # Audit (issue 6): record RunParked, so the status shows everywhere, then
+                # hand the lease back as parked.
+                parked = park(self.store, e, worker_id=owner, clock=utc_now)
+                self._release(run_id, state=PARKED, note=str(parked))
+                raise parked from e
+            except (RunConflictError, LeaseLostError):
+                self._release(run_id, state=READY)  # only if still ours: due again at once
+                raise
+            except BaseException:
+                self._release(run_id, state=READY)
+                raise
+            if result.status.is_terminal:
+                self._release(run_id, state=DONE)
+            else:
+                self._release(run_id, state=READY, at=result.resume_at)
+            return result
+        finally:
+            keeper.drop(run_id)
+
+    def _release(
+        self, run_id: UUID, *, state: str, at: datetime | None = None, note: str | None = None
+    ) -> None:
+        # Best effort: a release that cannot reach the store leaves a lease that expires.
+        try:
+            self.leases.release(
+                run_id, self.settings.worker_id, state=state,
+                available_at=at.timestamp() if at is not None else None, note=note,
+            )
+        except EngineError as e:
+            log.warning("could not hand back run %s (its lease will expire): %s", run_id, e)
 
     def preempt(self, reason: str = "preemption requested by the application") -> None:
         self.token.request(reason)

@@ -127,6 +127,30 @@ class UnknownEventError(EngineError):
         )
 
 
+class LeaseLostError(EngineError):
+    """This worker's lease on a run expired or was taken over; it wrote nothing more."""
+
+    def __init__(self, run_id: UUID, detail: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id}: this worker no longer holds its lease ({detail}); it stopped "
+            "without writing. Another worker resumes the run from its log"
+        )
+
+
+class RunLeasedError(EngineError):
+    """Another live worker holds the run's lease, so this process must not drive it."""
+
+    def __init__(self, run_id: UUID, holder: str) -> None:
+        self.run_id = run_id
+        self.holder = holder
+        super().__init__(
+            f"run {run_id} is being driven by worker {holder!r} right now; wait for it to "
+            f"finish (`stepstone status {run_id}`), or stop that worker and retry once its "
+            "lease expires"
+        )
+
+
 class RunParkedError(NonDeterminismError):
     """Resuming diverged from the history, so the run was parked: `RunParked` is all it wrote."""
 

@@ -27,6 +27,8 @@ class ResumeReason(StrEnum):
     AFTER_PREEMPTION = "after_preemption"
     RETRY_DUE = "retry_due"
     AFTER_PARKING = "after_parking"  # audit: compatible code is back for a parked run
+    TIMER_DUE = "timer_due"
+    LEASE_EXPIRED = "lease_expired"
 
 
 class RunEvent(BaseModel, CanMutateAggregate[UUID]):
@@ -68,6 +70,7 @@ class RunStarted(RunEvent, CanInitAggregate[UUID]):
         """Runs started before forks existed are not forks."""
         state["parent_run_id"] = None
         state["forked_from_step"] = None
+    queue: str = "default"
 
 
 class RunResumed(RunEvent):
@@ -111,6 +114,18 @@ class StepPreempted(RunEvent):
     attempt: int
     last_checkpoint_sequence: int
     reason: str
+
+
+class TimerStarted(RunEvent):
+    """A durable sleep began: the run may wait without a worker until `wake_at`."""
+
+    step_key: str
+    wake_at: datetime
+    duration_s: float
+
+
+class TimerFired(RunEvent):
+    step_key: str
 
 
 class RunPreempted(RunEvent):
@@ -174,4 +189,6 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     PatchMarked,
     StepReused,
     RunParked,
+    TimerStarted,
+    TimerFired,
 )

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, cast
 from uuid import UUID
 
-from engine.aggregate import RunStatus, StepState, WorkflowRun
+from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
 from engine.context import current_runner
 from engine.definitions import Step, Workflow
 from engine.driver import RunDriver, StepFailedError
@@ -75,7 +76,7 @@ class _NewHistory(BaseException):
     A BaseException so that workflow code catching `Exception` cannot swallow it.
     """
 
-    def __init__(self, step_key: str) -> None:
+    def __init__(self, step_key: str | None) -> None:
         self.step_key = step_key
 
 
@@ -89,8 +90,18 @@ class _CheckingDriver(RunDriver):
         recorded: StepState | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        started: int | None = None,
     ) -> Any:
         raise _NewHistory(key)
+
+    def sleep(self, seconds: float) -> None:
+        key, recorded = self._next_position("sleep")
+        if recorded is None or recorded.status is not StepStatus.COMPLETED:
+            raise _NewHistory(key)
+
+    def _wait_until(self, due: datetime) -> None:
+        raise _NewHistory(None)  # a retry or a timer is due: a resume goes on from here
 
     def _save(self) -> None:
         return None
@@ -99,7 +110,7 @@ class _CheckingDriver(RunDriver):
         run, definition = self.run, self.definition
 
         def result(outcome: Outcome, **fields: Any) -> CheckResult:
-            replayed = self._position - (1 if outcome == "resumes" and "next_step" in fields
+            replayed = self._position - (1 if outcome == "resumes" and fields.get("next_step")
                                          else 0)
             return CheckResult(run.id, run.state.workflow, run.status, outcome,
                                max(replayed, 0), **fields)

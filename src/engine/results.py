@@ -68,9 +68,11 @@ class RunResult:
     output: Any
     error_type: str | None = None
     error_message: str | None = None
+    resume_at: datetime | None = None
+    """Set when a worker's drive ended because the run waits (a timer or a retry's backoff)."""
 
     @classmethod
-    def of(cls, run: WorkflowRun) -> RunResult:
+    def of(cls, run: WorkflowRun, *, resume_at: datetime | None = None) -> RunResult:
         err = run.state.error
         return cls(
             run_id=run.id,
@@ -78,6 +80,7 @@ class RunResult:
             output=run.state.output,
             error_type=err.error_type if err else None,
             error_message=err.message if err else None,
+            resume_at=resume_at,
         )
 
 

@@ -35,3 +35,29 @@ class Settings(BaseSettings):
     )
     postgres_pool_size: int = Field(default=2, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    lease_duration_s: float = Field(
+        default=30.0, gt=0,
+        description="how long a worker's claim on a run lasts without a heartbeat; a dead "
+        "worker's runs are taken over this long after its last heartbeat",
+    )
+    heartbeat_interval_s: float = Field(
+        default=10.0, gt=0, description="how often a worker renews its leases (< lease)"
+    )
+    worker_concurrency: int = Field(
+        default=4, ge=1, description="runs one worker process drives at once"
+    )
+    worker_poll_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="how often an idle worker looks for runnable runs (PostgreSQL workers "
+        "are also woken at once by new runs)",
+    )
+    worker_drain_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="on SIGTERM, how long a worker waits for its runs to reach a checkpoint "
+        "before it exits anyway (their leases then expire and others take over)",
+    )
+    max_takeovers: int = Field(
+        default=5, ge=1,
+        description="a run whose worker died this many times in a row is parked, not "
+        "claimed again (a step that kills its process would crash every worker in turn)",
+    )

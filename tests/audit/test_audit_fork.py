@@ -88,8 +88,10 @@ def test_fork_errors_and_the_command(engine: Engine, store_url: str) -> None:
                                     "--json"])
     assert out.exit_code == 0, out.output
     doc = orjson.loads(out.stdout)
-    assert doc["status"] == "completed" and doc["output"] == {"n": 2, "total": 10}
+    assert doc["status"] == "completed"
+    assert doc["output"] == {"n": 2, "total": 10}
     assert engine.status(UUID(doc["run_id"])).steps_completed == 3
     bad = CliRunner().invoke(main, ["fork", str(done), "--from", "nope", "--db", store_url])
-    assert bad.exit_code == 2 and "recorded no step 'nope'" in bad.stderr
+    assert bad.exit_code == 2
+    assert "recorded no step 'nope'" in bad.stderr
     assert engine.store.head() > before

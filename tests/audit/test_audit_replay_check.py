@@ -10,9 +10,9 @@ from uuid import UUID
 
 import orjson
 import pytest
-from auditwf import CALLS, STOP_IN_SHIP, v1, v2, v3
 from click.testing import CliRunner
 
+from auditwf import CALLS, STOP_IN_SHIP, v1, v2, v3
 from engine import (
     CheckResult,
     Engine,
@@ -54,7 +54,7 @@ def _wf(*steps: Callable[[], str]) -> Workflow[..., Any]:
 def history(engine: Engine) -> Iterator[list[RunEvent]]:
     """A completed run of a, b, c."""
     run_id = engine.run(_wf(a, b, c)).run_id
-    yield [e for _, e in engine.store.events_with_positions(run_id)]
+    return [e for _, e in engine.store.events_with_positions(run_id)]
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,8 @@ def test_changed_step_sequences_diverge(
     assert not result.ok
     assert (result.outcome, result.position, result.expected, result.actual) == (
         "diverges", position, expected, actual)
-    assert expected in result.message and actual in result.message
+    assert expected in result.message
+    assert actual in result.message
 
 
 def test_an_appended_step_and_the_same_code_are_accepted(history: list[RunEvent]) -> None:
@@ -110,7 +111,7 @@ def test_patch_marker_old_runs_replay_the_old_path_new_runs_the_new(engine: Engi
     before = CALLS.copy()
     assert _check(engine, old, v2).outcome == "diverges"
     patched_check = _check(engine, old, v3)
-    assert CALLS == before, "the check executed a step"
+    assert before == CALLS, "the check executed a step"
     assert (patched_check.outcome, patched_check.next_step) == ("resumes", "ship#0")
 
     # Resumed with v3, the old run keeps the old path: no fraud check, no marker.
@@ -142,13 +143,14 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
 
     bad = invoke("replay", "--check", "auditwf:v2")
     assert bad.exit_code == 1, bad.output
-    assert f"FAIL {run_id}" in bad.stdout and "'charge#0'" in bad.stdout
+    assert f"FAIL {run_id}" in bad.stdout
+    assert "'charge#0'" in bad.stdout
     assert str(done) not in bad.stdout  # finished runs only with --all
     all_runs = invoke("replay", "--check", "auditwf:v3", "--all", "--json")
     assert all_runs.exit_code == 0, all_runs.output
     lines = [orjson.loads(line) for line in all_runs.stdout.splitlines()]
     assert {(r["run_id"], r["ok"]) for r in lines} == {(str(run_id), True), (str(done), True)}
-    assert CALLS == before, "the check executed a step"
+    assert before == CALLS, "the check executed a step"
 
     # Deployed anyway: the resume parks the run, and nothing else is written.
     events_before = len(engine.history(run_id))
@@ -156,11 +158,13 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
             pytest.raises(RunParkedError, match="parked"):
         deployed.resume(run_id)
     log = engine.history(run_id)
-    assert len(log) == events_before + 1 and log[-1].event_type == "RunParked"
+    assert len(log) == events_before + 1
+    assert log[-1].event_type == "RunParked"
     assert log[-1].fields["expected"] == "charge#0"
     assert log[-1].fields["actual"] == "fraud_check#0"
     info = engine.status(run_id)
-    assert info.status is RunStatus.PARKED and "charge#0" in (info.parked_reason or "")
+    assert info.status is RunStatus.PARKED
+    assert "charge#0" in (info.parked_reason or "")
     status = invoke("status", str(run_id))
     assert "parked" in status.stdout
     with Projector(store_url) as projector:
@@ -169,7 +173,8 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
     assert (row["status"], row["last_error_type"]) == ("parked", "NonDeterminismError")
     # Resuming again with the same bad code: still parked, no second event.
     again = invoke("resume", str(run_id), "--workflow", "auditwf:v2")
-    assert again.exit_code == 2 and "parked" in again.stderr
+    assert again.exit_code == 2
+    assert "parked" in again.stderr
     assert len(engine.history(run_id)) == events_before + 1
     # Compatible code is back: it resumes and completes.
     fixed = invoke("resume", str(run_id), "--workflow", "auditwf:v3")

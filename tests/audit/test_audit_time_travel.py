@@ -58,7 +58,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[tuple[UUID, int],
 
     monkeypatch.setattr(WorkflowRun, "record", recording)
     monkeypatch.setattr(WorkflowRun, "start", classmethod(starting))
-    yield states
+    return states
 
 
 def test_replay_at_every_version_is_the_state_the_engine_wrote(

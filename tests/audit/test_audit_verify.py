@@ -42,7 +42,8 @@ def _position(engine: Engine, run_id: UUID, version: int) -> int:
 def test_an_untouched_log_verifies_clean(two_runs: tuple[Engine, UUID, UUID]) -> None:
     engine, a, b = two_runs
     report = verify(engine.store)
-    assert report.ok and not report.unchained
+    assert report.ok
+    assert not report.unchained
     assert report.events == engine.store.head()
     heads = {h.run_id: h for h in report.heads}
     assert heads[a].version == engine.store.load(a).version
@@ -114,7 +115,8 @@ def test_anchors_catch_a_cut_tail_and_a_rewritten_chain(
     assert verify(engine.store).ok
     report = verify(engine.store, anchors=anchors)
     assert not report.ok
-    assert report.first is not None and report.first.run_id == a
+    assert report.first is not None
+    assert report.first.run_id == a
     assert "removed" in report.first.what
 
 

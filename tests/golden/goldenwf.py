@@ -11,6 +11,10 @@ try:  # releases before patch markers wrote the older golden logs with this same
     from engine import patched
 except ImportError:  # pragma: no cover - only when regenerating an old release's log
     patched = None  # type: ignore[assignment]
+try:
+    from engine.durable import sleep
+except ImportError:  # pragma: no cover - releases before durable sleep
+    sleep = None  # type: ignore[assignment]
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.0, jitter=0.0)
 FLAGS = {"flaky_failures": 0, "preempt": False, "broken": False}
@@ -61,3 +65,11 @@ def basic_reordered(n: int) -> dict[str, Any]:
     """A changed body, to park a golden run: asks for flaky before count."""
     tag = flaky("basic")
     return {"counted": count(n), "flaky": tag, "checked": check(n)}
+
+
+@workflow("golden-sleep")
+def with_sleep(n: int) -> int:
+    first = count(n)
+    if sleep is not None:
+        sleep(0.01)
+    return first + count(n + 1)

@@ -12,6 +12,7 @@ of the release before hash chains was made.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -21,12 +22,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import goldenwf  # noqa: E402
-from goldenwf import FLAGS, basic, basic_reordered, with_patch  # noqa: E402
+import goldenwf
+from goldenwf import FLAGS, basic, basic_reordered, with_patch, with_sleep
 
-from engine import Engine, Settings  # noqa: E402
-from engine import events as ev  # noqa: E402
-from engine.driver import utc_now  # noqa: E402
+from engine import Engine, Settings
+from engine import events as ev
+from engine.driver import utc_now
 
 
 def main(outdir: Path) -> None:
@@ -69,7 +70,9 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
                by="golden", reason="cancelled for the golden log")
     engine.store.save_run(run)
     runs.append(("cancelled", rid))
-    if hasattr(goldenwf, "patched") and goldenwf.patched is not None:
+    if goldenwf.sleep is not None:
+        runs.append(("slept", engine.run(with_sleep, {"n": 1}).run_id))
+    if goldenwf.patched is not None:
         runs.extend(audit_runs(engine, failed))
     return runs
 
@@ -86,11 +89,9 @@ def audit_runs(engine: Engine, failed: Any) -> list[tuple[str, Any]]:
     FLAGS.update(preempt=True)
     rid = engine.run(basic, {"n": 4}).run_id
     engine.token.clear()
-    with Engine(engine.settings, workflows=[basic_reordered]) as changed:
-        try:
-            changed.resume(rid)
-        except NonDeterminismError:
-            pass
+    with (Engine(engine.settings, workflows=[basic_reordered]) as changed,
+          contextlib.suppress(NonDeterminismError)):
+        changed.resume(rid)
     out.append(("parked", rid))
     return out
 

@@ -1,0 +1,107 @@
+"""Keeps this process's leases alive, and knows when one can no longer be trusted.
+
+Each lease is valid locally until the last successful renewal plus the lease duration, minus
+a safety margin; past that the driver stops before its next write (`check`). This matters for a
+paused process (SIGSTOP, a long GC, a frozen VM): when it wakes, its monotonic clock tells it
+the lease lapsed, before any heartbeat could. The log's optimistic concurrency is still the
+real fence; this check only saves a doomed write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from uuid import UUID
+
+from engine.errors import EngineError, LeaseLostError
+from engine.leases import LeaseStore
+
+log = logging.getLogger("stepstone.worker")
+
+
+class LeaseKeeper:
+    def __init__(
+        self, leases: LeaseStore, owner: str, *, lease_s: float, interval_s: float
+    ) -> None:
+        if interval_s >= lease_s:
+            raise ValueError(
+                f"the heartbeat interval ({interval_s}s) must be shorter than the lease "
+                f"({lease_s}s), or leases expire between heartbeats"
+            )
+        self.leases = leases
+        self.owner = owner
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self.margin_s = min(lease_s * 0.2, 5.0)
+        self._valid_until: dict[UUID, float] = {}
+        self._lost: dict[UUID, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="stepstone-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+    def hold(self, run_id: UUID, *, since: float | None = None) -> None:
+        """Track a lease just taken (`since`: the monotonic time before it was taken)."""
+        start = time.monotonic() if since is None else since
+        with self._lock:
+            self._valid_until[run_id] = start + self.lease_s - self.margin_s
+            self._lost.pop(run_id, None)
+
+    def drop(self, run_id: UUID) -> None:
+        with self._lock:
+            self._valid_until.pop(run_id, None)
+            self._lost.pop(run_id, None)
+
+    def held(self) -> list[UUID]:
+        with self._lock:
+            return list(self._valid_until)
+
+    def check(self, run_id: UUID) -> None:
+        """Raise `LeaseLostError` unless this process may still write to `run_id`."""
+        with self._lock:
+            lost = self._lost.get(run_id)
+            valid_until = self._valid_until.get(run_id, 0.0)
+        if lost is not None:
+            raise LeaseLostError(run_id, lost)
+        if time.monotonic() > valid_until:
+            raise LeaseLostError(
+                run_id, f"not renewed for over {self.lease_s - self.margin_s:.0f}s (was this "
+                "process paused, or the database unreachable?)"
+            )
+
+    def renew(self) -> None:
+        """One heartbeat: extend every held lease; mark the ones another worker took."""
+        run_ids = self.held()
+        if not run_ids:
+            return
+        t0 = time.monotonic()
+        kept = self.leases.heartbeat(self.owner, run_ids, self.lease_s)
+        with self._lock:
+            for run_id in run_ids:
+                if run_id not in self._valid_until:
+                    continue  # dropped meanwhile
+                if run_id in kept:
+                    self._valid_until[run_id] = t0 + self.lease_s - self.margin_s
+                else:
+                    self._lost[run_id] = "another worker holds it now"
+        for run_id in set(run_ids) - kept:
+            log.warning("lost the lease on run %s: another worker holds it now", run_id)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.renew()
+            except EngineError as e:
+                log.warning("heartbeat failed (will retry in %.1fs): %s", self.interval_s, e)
