@@ -193,3 +193,37 @@ def runs_row(projector: Projector, run_id: UUID) -> dict[str, Any]:
         rows = tx.fetch(f"SELECT * FROM {table.qname}")
     found = [dict(zip(table.spec.column_names, r, strict=True)) for r in rows]
     return next(r for r in found if str(r["run_id"]) == str(run_id))
+
+
+def test_a_run_waiting_on_a_durable_sleep_resumes_cleanly_without_waiting() -> None:
+    import time
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from engine import events as ev
+    from engine.aggregate import WorkflowRun
+    from engine.durable import sleep
+
+    @workflow("audit-sleepy")
+    def sleepy() -> list[str]:
+        first = a()
+        sleep(3600)
+        return [first, b()]
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    run = WorkflowRun.start(
+        uuid.uuid4(), timestamp=t, worker_id="w", workflow="audit-sleepy", workflow_version=1,
+        entrypoint="tests:sleepy", code_fingerprint="f", input={}, input_digest="d",
+        idempotency_key=None,
+    )
+    run.record(ev.StepStarted, timestamp=t, worker_id="w", step_key="a#0", step_name="a",
+               attempt=1)
+    run.record(ev.StepCompleted, timestamp=t, worker_id="w", step_key="a#0", attempt=1,
+               output="a", duration_s=0.0)
+    run.record(ev.TimerStarted, timestamp=t, worker_id="w", step_key="sleep#0",
+               wake_at=t + timedelta(days=3650), duration_s=3600.0)
+    before, started = calls.copy(), time.monotonic()
+    result = check_history(sleepy, run.collect_events())  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
+    assert calls == before
+    assert (result.outcome, result.next_step, result.steps_replayed) == ("resumes", "sleep#0", 1)
