@@ -170,7 +170,9 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
     with Projector(store_url) as projector:
         projector.catch_up()
         row = runs_row(projector, run_id)
+        stats = view_row(projector, "workflow_stats", "workflow", "audit-orders")
     assert (row["status"], row["last_error_type"]) == ("parked", "NonDeterminismError")
+    assert (stats["parked"], stats["completed"], stats["runs"]) == (1, 1, 2)
     # Resuming again with the same bad code: still parked, no second event.
     again = invoke("resume", str(run_id), "--workflow", "auditwf:v2")
     assert again.exit_code == 2
@@ -185,14 +187,19 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
     assert engine.status(run_id).status is RunStatus.COMPLETED
 
 
-def runs_row(projector: Projector, run_id: UUID) -> dict[str, Any]:
-    """The runs view's row of one run."""
-    view = next(v for v in projector.views if v.name == "runs")
+def view_row(projector: Projector, view_name: str, key: str, value: object) -> dict[str, Any]:
+    """The row of a view's public table whose `key` column is `value`."""
+    view = next(v for v in projector.views if v.name == view_name)
     table = view.bound[0]
     with projector.db.transaction() as tx:
         rows = tx.fetch(f"SELECT * FROM {table.qname}")
     found = [dict(zip(table.spec.column_names, r, strict=True)) for r in rows]
-    return next(r for r in found if str(r["run_id"]) == str(run_id))
+    return next(r for r in found if str(r[key]) == str(value))
+
+
+def runs_row(projector: Projector, run_id: UUID) -> dict[str, Any]:
+    """The runs view's row of one run."""
+    return view_row(projector, "runs", "run_id", run_id)
 
 
 def test_a_run_waiting_on_a_durable_sleep_resumes_cleanly_without_waiting() -> None:
