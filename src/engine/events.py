@@ -16,6 +16,8 @@ from uuid import UUID
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict
 
+from engine.chain import SEAL, event_digest
+
 if TYPE_CHECKING:
     from engine.aggregate import WorkflowRun
 
@@ -45,6 +47,12 @@ class RunEvent(BaseModel, CanMutateAggregate[UUID]):
     # own hash over its stored content. None on events written before hash chaining existed.
     prev_hash: str | None = None
     hash: str | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Tamper evidence: an event triggered with `hash=SEAL` (WorkflowRun.record) gets its
+        # own digest, computed once the event is whole. Decoded events keep their stored hash.
+        if self.hash == SEAL:
+            self.__dict__["hash"] = event_digest(self)
 
     def apply(self, aggregate: WorkflowRun) -> None:
         aggregate.when(self)
