@@ -133,3 +133,24 @@ def test_verify_command_exit_codes_and_heads(two_runs: tuple[Engine, UUID, UUID]
     assert bad.exit_code == 1
     assert f"position {_position(engine, a, 4)}" in bad.stderr
     assert "TAMPERED" in bad.stderr
+
+
+def test_the_chain_continues_across_a_snapshot(store_url: str) -> None:
+    from auditwf import STOP_IN_SHIP, v1
+    from engine import RunStatus
+
+    with Engine(Settings(database_url=store_url, snapshot_interval=2)) as engine:
+        STOP_IN_SHIP["on"] = True
+        try:
+            stopped = engine.run(v1, {"order": "o-snap"})
+        finally:
+            STOP_IN_SHIP["on"] = False
+        assert stopped.status is RunStatus.PREEMPTED
+        assert engine.store.snapshots is not None
+        snaps = list(engine.store.snapshots.get(stopped.run_id))
+        assert snaps  # the resume below loads from this snapshot
+        assert snaps[-1].state.last_hash is not None
+        assert engine.resume(stopped.run_id).status is RunStatus.COMPLETED
+        report = verify(engine.store, stopped.run_id)
+        assert report.ok, report.first
+        assert report.heads[0].version > snaps[-1].originator_version
