@@ -7,17 +7,20 @@ The public surface is below; everything else is private to the package.
 
 from engine.aggregate import RunStatus, StepStatus, WorkflowRun
 from engine.context import StepContext, step_context
-from engine.definitions import Step, Workflow, step, workflow
+from engine.definitions import Step, StepCall, Workflow, step, workflow
 from engine.driver import StepFailedError
+from engine.durable import gather, sleep
 from engine.engine import Engine, load_workflow, run_id_for_key
 from engine.errors import (
     ConfigurationError,
     EngineError,
     IdempotencyConflictError,
     InvalidInputError,
+    LeaseLostError,
     NonDeterminismError,
     OutputEncodingError,
     RunConflictError,
+    RunLeasedError,
     RunNotFinishedError,
     RunNotFoundError,
     RunParkedError,
@@ -42,6 +45,7 @@ __all__ = [
     "HistoryEntry",
     "IdempotencyConflictError",
     "InvalidInputError",
+    "LeaseLostError",
     "NonDeterminismError",
     "NonRetryableError",
     "OutputEncodingError",
@@ -50,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "RunConflictError",
     "RunInfo",
+    "RunLeasedError",
     "RunNotFinishedError",
     "RunNotFoundError",
     "RunParkedError",
@@ -57,6 +62,7 @@ __all__ = [
     "RunStatus",
     "Settings",
     "Step",
+    "StepCall",
     "StepContext",
     "StepFailedError",
     "StepStatus",
@@ -67,10 +73,12 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowRun",
     "check_history",
+    "gather",
     "load_workflow",
     "patched",
     "run_id_for_key",
     "signals_request_preemption",
+    "sleep",
     "step",
     "step_context",
     "workflow",

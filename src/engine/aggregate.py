@@ -186,7 +186,7 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.steps[event.step_key] = StepState(
                     key=event.step_key,
                     name="sleep",
-                    attempt=1,
+                    attempt=0,  # a timer is not an attempt at anything
                     status=StepStatus.WAITING,
                     started_at=event.timestamp,
                     wake_at=event.wake_at,

@@ -447,6 +447,9 @@ class RunDriver:
                     if stop.is_set():
                         break
                 else:
+                    if stop.is_set():  # a branch failed while this one waited for its slot
+                        slots.release()
+                        break
                     attempt = (recorded.attempt if recorded else 0) + 1
                     self._record(ev.StepStarted, step_key=key, step_name=call.step.name,
                                  attempt=attempt)

@@ -285,6 +285,9 @@ class Engine:
         self, run_id: UUID, *, state: str, at: datetime | None = None, note: str | None = None
     ) -> None:
         # Best effort: a release that cannot reach the store leaves a lease that expires.
+        # Stop renewing first, so a heartbeat in between does not report the lease as lost.
+        if self._keeper is not None:
+            self._keeper.drop(run_id)
         try:
             self.leases.release(
                 run_id, self.settings.worker_id, state=state,
@@ -299,6 +302,24 @@ class Engine:
     # -- reading --------------------------------------------------------------------------
     def status(self, run_id: UUID) -> RunInfo:
         return RunInfo.of(self.store.load(run_id))
+
+    def wait(self, run_id: UUID, *, timeout_s: float | None = None,
+             poll_s: float = 0.1) -> RunInfo:
+        """Block until a run (driven anywhere) finishes; its final state. TimeoutError if not.
+
+        Reads the log, not a view, so the answer is exact; polls, since the log has no
+        per-run push on every store.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            info = self.status(run_id)
+            if info.status.is_terminal:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"run {run_id} is still {info.status.value} after {timeout_s}s"
+                )
+            time.sleep(poll_s)
 
     def result(self, run_id: UUID) -> Any:
         """The recorded output of a completed run; raises if it failed or has not finished."""

@@ -88,15 +88,17 @@ class LeaseKeeper:
             return
         t0 = time.monotonic()
         kept = self.leases.heartbeat(self.owner, run_ids, self.lease_s)
+        lost = []
         with self._lock:
             for run_id in run_ids:
                 if run_id not in self._valid_until:
-                    continue  # dropped meanwhile
+                    continue  # handed back meanwhile: not a loss
                 if run_id in kept:
                     self._valid_until[run_id] = t0 + self.lease_s - self.margin_s
                 else:
                     self._lost[run_id] = "another worker holds it now"
-        for run_id in set(run_ids) - kept:
+                    lost.append(run_id)
+        for run_id in lost:
             log.warning("lost the lease on run %s: another worker holds it now", run_id)
 
     def _loop(self) -> None:

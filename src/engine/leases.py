@@ -196,6 +196,7 @@ class _PostgresDb:
             "queue_owner": "stepstone_queue_owner",
             "limits": q("stepstone_limits"),
             "sweep": q("stepstone_queue_sweep"),
+            "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
         }
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -231,6 +232,7 @@ class LeaseStore:
             else _PostgresDb(location)
         )
         self._n = self._db.names()
+        self.channel = self._n.get("channel", "")
         self._lock = threading.Lock()
         self._call(self._create)
 
@@ -273,8 +275,15 @@ class LeaseStore:
                  "pid": os.getpid() if owner else None},
             )
             self._set_limits(cur, limits)
+            if owner is None:
+                self._notify(cur)
 
         self._call(do)
+
+    def _notify(self, cur: _Cursor) -> None:
+        # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
+        if self.channel:
+            cur.execute(f"NOTIFY {self.channel}")
 
     def set_limits(self, limits: Sequence[tuple[str, int | None]]) -> None:
         """Declare global concurrency limits (`workflow:NAME` / `queue:NAME`); None removes."""
@@ -453,6 +462,8 @@ class LeaseStore:
                 {"s": state, "at": available_at if available_at is not None else self.clock(),
                  "note": note, "id": str(run_id), "o": owner},
             )
+            if state == READY and available_at is None:
+                self._notify(cur)
             return bool(cur.rowcount == 1)
 
         return self._call(do)

@@ -113,6 +113,15 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind == "StepPreempted":
         if d["step_key"] == row["current_step"]:
             row["current_step_status"] = "preempted"
+    elif kind == "TimerStarted":  # a durable sleep: a step that waits instead of working
+        row["steps_started"] += 1
+        row["current_step"] = d["step_key"]
+        row["current_step_status"] = "waiting"
+        row["progress_done"] = row["progress_total"] = None
+    elif kind == "TimerFired":
+        row["steps_done"] += 1
+        if d["step_key"] == row["current_step"]:
+            _leave_step(row)
     elif kind == "RunStarted":
         row["workflow"] = d["workflow"]
         row["workflow_version"] = d["workflow_version"]

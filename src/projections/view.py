@@ -31,6 +31,8 @@ STATUS_AFTER = {
     "RunCompleted": "completed",
     "RunFailed": "failed",
     "RunCancelled": "cancelled",
+    "TimerStarted": "waiting",
+    "TimerFired": "running",
     "RunParked": "parked",  # audit (issue 6): diverged on resume, waits for compatible code
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})

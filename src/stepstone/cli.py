@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -37,6 +38,7 @@ from stepstone.common import (
 )
 from stepstone.projections_cli import projections
 from stepstone.timeline import show_timeline
+from stepstone.worker_cli import worker
 
 
 def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
@@ -118,9 +120,11 @@ def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | 
 @click.option("--input", "input_json", default="{}", metavar="JSON",
               help="The workflow's parameters as a JSON object.")
 @click.option("--key", help="Idempotency key: the same key always means the same run.")
+@click.option("--enqueue", is_flag=True,
+              help="Only record the run and print its id; a `stepstone worker` drives it.")
 @store_options
-def run_cmd(reference: str, input_json: str, key: str | None, database_url: str | None,
-            as_json: bool) -> None:
+def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
+            database_url: str | None, as_json: bool) -> None:
     """Run a workflow; an unfinished run with the same input is resumed instead."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -132,6 +136,14 @@ def run_cmd(reference: str, input_json: str, key: str | None, database_url: str 
         fail(str(e))
     with open_engine(database_url) as engine:
         run_id = key_or_unfinished(engine, wf, data, key)
+        if enqueue:
+            if as_json:
+                output.emit_json({"run_id": str(run_id), "queue": wf.queue})
+            else:
+                click.echo(run_id)
+                click.echo(f"queued on {wf.queue!r}; follow it with: stepstone status {run_id}",
+                           err=True)
+            return
         quoted = input_json.replace("'", "'\\''")
         hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
         drive(engine, lambda: engine.resume(run_id), f"{hint}  (or: stepstone resume {run_id})",
@@ -195,10 +207,18 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
     rid = parse_run_id(run_id)
     with open_engine(database_url, create=False) as engine:
         info = engine.status(rid)
+        fields = output.info_dict(info)
+        row = engine.leases.row(rid)
+        if row is not None:  # who should drive it next (the index beside the log)
+            held = row.lease_expires_at is not None and row.lease_expires_at > time.time()
+            fields["queue"] = row.queue
+            fields["queue_state"] = "leased" if held and row.state == "ready" else row.state
+            fields["held_by"] = row.lease_owner if held else None
+            fields["queue_note"] = row.note
         if as_json:
-            output.emit_json(output.info_dict(info))
+            output.emit_json(fields)
         else:
-            for name, value in output.info_dict(info).items():
+            for name, value in fields.items():
                 click.echo(f"{name:17} {value}")
 
 
@@ -217,6 +237,7 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             show_timeline(entries)  # audit (issue 6): the readable timeline
 
 main.add_command(projections)
+main.add_command(worker)
 # Audit and replay (issue 6): stepstone export / replay / fork / verify.
 main.add_command(audit_cli.export)
 main.add_command(audit_cli.replay)

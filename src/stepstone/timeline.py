@@ -10,7 +10,7 @@ import orjson
 
 from engine import HistoryEntry
 
-_HIDDEN = {"prev_hash", "hash", "step_key", "attempt", "step_name"}
+_HIDDEN = {"step_key", "attempt", "step_name"}
 
 
 def show_timeline(entries: list[HistoryEntry]) -> None:

@@ -38,7 +38,8 @@ def test_history_timeline_shows_steps_attempts_durations_and_errors(
     as_json = CliRunner().invoke(main, ["history", str(run_id), "--db", store_url, "--json"])
     docs = [orjson.loads(line) for line in as_json.stdout.splitlines()]
     assert len(docs) == len(lines) - 1
-    assert docs[0]["fields"]["hash"]
+    assert docs[0]["hash"]
+    assert docs[1]["prev_hash"] == docs[0]["hash"]
 
 
 def test_export_whole_log_one_workflow_one_run(engine: Engine, store_url: str,

@@ -247,3 +247,40 @@ def test_a_failed_batch_keeps_nothing_and_the_next_one_starts_over(
         projector.rebuild()
         assert view_rows(projector) == rows
     store.close()
+
+
+def test_views_follow_sleeps_and_fan_outs(engine: Engine) -> None:
+    import threading
+
+    from engine import gather, sleep
+
+    @step
+    def part(i: int) -> int:
+        return i + 1
+
+    @workflow("pv-nap")
+    def nap(seconds: float) -> int:
+        first = part(0)
+        sleep(seconds)
+        return first + sum(gather([part.bind(i) for i in range(4)], limit=2))
+
+    waiting = engine.start(nap, {"seconds": 30})
+    timer = threading.Timer(0.3, engine.preempt, args=("stop while asleep",))
+    timer.start()
+    assert engine.resume(waiting).status is RunStatus.PREEMPTED
+    timer.join()
+    engine.token.clear()
+    done = engine.run(nap, {"seconds": 0.01}).run_id
+    with Projector(engine.store) as projector:
+        projector.catch_up()
+        by_id = {str(r["run_id"]): r for r in _rows(projector, "stepstone_view_runs")}
+        asleep = by_id[str(waiting)]
+        assert (asleep["current_step"], asleep["current_step_status"]) == ("sleep#0", "waiting")
+        for run_id in (waiting, done):
+            row, info = by_id[str(run_id)], engine.status(run_id)
+            assert row["status"] == info.status.value
+            assert row["steps_done"] == info.steps_completed
+            assert row["steps_started"] == info.steps_recorded
+            assert row["attempts"] == info.attempts
+        assert by_id[str(done)]["steps_done"] == 6  # part#0, sleep#0, four branches
+        assert engine.result(done) == 1 + (1 + 2 + 3 + 4)

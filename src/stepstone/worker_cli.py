@@ -1,0 +1,91 @@
+"""`stepstone worker`: a long-running process that drives runs other processes started."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from engine import Engine, EngineError, Settings, signals_request_preemption
+from engine.worker import Worker
+from stepstone.common import EXIT_FORCED, fail
+
+log = logging.getLogger("stepstone.worker")
+
+
+def _queue_limit(text: str) -> tuple[str, int]:
+    name, sep, number = text.partition("=")
+    if not sep or not name or not number.isdigit() or int(number) < 1:
+        fail(f"--queue-limit {text!r} must look like NAME=N with N >= 1, e.g. etl=4")
+    return name, int(number)
+
+
+@click.command()
+@click.option("--db", "database_url", metavar="URL",
+              help="Event store URL (default: STEPSTONE_DATABASE_URL, else sqlite:///stepstone.db).")
+@click.option("--concurrency", type=click.IntRange(1), metavar="N",
+              help="Runs this process drives at once (default: STEPSTONE_WORKER_CONCURRENCY, 4).")
+@click.option("--queue", "queues", multiple=True, metavar="NAME",
+              help="Only take runs of this queue (repeatable; default: every queue).")
+@click.option("--queue-limit", "queue_limits", multiple=True, metavar="NAME=N",
+              help="At most N runs of queue NAME driven at once, by all workers together.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import this module first (workflows are otherwise imported from where "
+              "each run recorded them).")
+@click.option("--lease", "lease_s", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Lease duration (default: STEPSTONE_LEASE_DURATION_S, 30).")
+@click.option("--heartbeat", "heartbeat_s", type=click.FloatRange(min=0.05), metavar="SECONDS",
+              help="Heartbeat interval (default: STEPSTONE_HEARTBEAT_INTERVAL_S, 10).")
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), metavar="SECONDS",
+              help="Idle poll interval (default: STEPSTONE_WORKER_POLL_INTERVAL_S, 1).")
+def worker(database_url: str | None, concurrency: int | None, queues: tuple[str, ...],
+           queue_limits: tuple[str, ...], imports: tuple[str, ...], lease_s: float | None,
+           heartbeat_s: float | None, poll_s: float | None) -> None:
+    """Drive runnable runs until SIGTERM/Ctrl-C, then drain and exit 0.
+
+    On SIGTERM the worker stops claiming, its runs stop at their next checkpoint with
+    progress saved, and their leases are handed back for other workers to resume at once.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("stepstone").setLevel(min(logging.getLogger().level, logging.INFO))
+    limits = [_queue_limit(text) for text in queue_limits]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    overrides: dict[str, object] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    for name, value in (("lease_duration_s", lease_s), ("heartbeat_interval_s", heartbeat_s),
+                        ("worker_poll_interval_s", poll_s), ("worker_concurrency", concurrency)):
+        if value is not None:
+            overrides[name] = value
+    try:
+        for module in imports:
+            importlib.import_module(module)
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        if settings.heartbeat_interval_s >= settings.lease_duration_s:
+            fail(f"the heartbeat ({settings.heartbeat_interval_s}s) must be shorter than the "
+                 f"lease ({settings.lease_duration_s}s)")
+        # Every run in flight saves through the store's pool, plus one for reads.
+        pool = max(settings.postgres_pool_size, settings.worker_concurrency + 1)
+        settings = settings.model_copy(update={"postgres_pool_size": pool})
+        engine = Engine(settings)
+    except ImportError as e:
+        fail(f"--import: {e}")
+    except EngineError as e:
+        fail(str(e))
+
+    def notice(signame: str) -> None:
+        log.info("%s: draining (Ctrl-C again to force exit)", signame)
+
+    try:
+        with engine, signals_request_preemption(engine.token, on_first=notice):
+            Worker(engine, queues=queues or None, queue_limits=limits).run()
+    except KeyboardInterrupt:
+        click.echo("forced exit: every recorded event is safe; leases expire and other workers "
+                   "take the runs over", err=True)
+        sys.exit(EXIT_FORCED)
