@@ -129,7 +129,7 @@ def test_changed_body_is_a_non_determinism_error_and_parks_the_run(
     assert info.value.actual == "fetch#1"
     assert "load#0" in str(info.value)
     assert "fetch#1" in str(info.value)
-    # Parked: one RunParked event is all that was written (issue 6).
+    # Parked: one RunParked event is all that was written (docs/audit.md).
     after = engine.history(first.run_id)
     assert after[:-1] == before
     assert after[-1].event_type == "RunParked"

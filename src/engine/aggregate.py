@@ -90,7 +90,7 @@ class RunState(BaseModel):
     error: ErrorInfo | None = None
     worker_id: str = ""
     last_reason: str | None = None
-    # -- audit and replay (issue 6) --
+    # -- audit and replay, docs/audit.md --
     last_hash: str | None = None  # the chain continues from here, also after a snapshot
     patches: list[str] = []  # change ids of patch markers recorded, in order
     parent_run_id: UUID | None = None  # a fork's parent run
@@ -208,7 +208,7 @@ class WorkflowRun(BaseAggregate[UUID]):
             case ev.RunCancelled():
                 s.status = RunStatus.CANCELLED
                 s.last_reason = f"{event.by}: {event.reason}"
-            # -- audit and replay (issue 6) --
+            # -- audit and replay, docs/audit.md --
             case ev.PatchMarked():
                 s.patches.append(event.change_id)
             case ev.StepReused():

@@ -344,7 +344,7 @@ class RunDriver:
         )
         return due
 
-    # -- patch markers (audit, issue 6; see engine.patching) --------------------------------
+    # -- patch markers (audit; see engine.patching) --------------------------------
     def patched(self, change_id: str) -> bool:
         """Whether the run takes the new path of `change_id` at this point of the body.
 

@@ -262,7 +262,7 @@ class Engine:
             try:
                 result = driver.drive()
             except NonDeterminismError as e:
-                # Audit (issue 6): record RunParked, so the status shows everywhere, then
+                # Audit (docs/audit.md): record RunParked, so the status shows everywhere, then
                 # hand the lease back as parked.
                 parked = park(self.store, e, worker_id=owner, clock=utc_now)
                 self._release(run_id, state=PARKED, note=str(parked))

@@ -155,7 +155,7 @@ class RunCancelled(RunEvent):
     reason: str
 
 
-# -- audit and replay (issue 6) -----------------------------------------------------------
+# -- audit and replay, docs/audit.md -----------------------------------------------------------
 
 
 class PatchMarked(RunEvent):

@@ -26,7 +26,7 @@ from projections.view import STATUS_AFTER, View, seconds_between, touched_runs
 
 STATUSES = (
     "pending", "running", "preempted", "waiting", "completed", "failed", "cancelled",
-    "parked",  # audit (issue 6)
+    "parked",  # audit: see docs/audit.md
 )
 STATS = Table(
     name="workflow_stats",

@@ -33,7 +33,7 @@ STATUS_AFTER = {
     "RunCancelled": "cancelled",
     "TimerStarted": "waiting",
     "TimerFired": "running",
-    "RunParked": "parked",  # audit (issue 6): diverged on resume, waits for compatible code
+    "RunParked": "parked",  # audit: diverged on resume, waits for compatible code
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 

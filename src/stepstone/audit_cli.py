@@ -84,7 +84,8 @@ def replay(run_id: str | None, at: str | None, reference: str | None, include_fi
         output.emit_json(data)
         return
     for name, value in data.items():
-        shown = value if isinstance(value, str | int) else orjson.dumps(value).decode()
+        plain = isinstance(value, str | int | UUID | datetime)
+        shown = value if plain else orjson.dumps(value).decode()
         click.echo(f"{name:16} {shown}")
 
 

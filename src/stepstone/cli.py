@@ -234,11 +234,11 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             for e in entries:
                 output.emit_json(e.__dict__)
         else:
-            show_timeline(entries)  # audit (issue 6): the readable timeline
+            show_timeline(entries)  # audit: the readable timeline
 
 main.add_command(projections)
 main.add_command(worker)
-# Audit and replay (issue 6): stepstone export / replay / fork / verify.
+# Audit and replay (docs/audit.md): stepstone export / replay / fork / verify.
 main.add_command(audit_cli.export)
 main.add_command(audit_cli.replay)
 main.add_command(audit_cli.fork)
