@@ -5,7 +5,8 @@ no-op steps are enqueued from one client into workers that are already waiting; 
 steps/s (all steps over first enqueue to last completion) and p50/p99 enqueue-to-completion
 latency. Beside it, in the same run and on the same database, the same workload through DBOS's
 queue with the same worker processes, per-process concurrency and poll interval, when `dbos`
-is installed. Then `--kills` times: the worker holding a long run is killed with SIGKILL and
+is installed. Runs are enqueued from one client process with 8 threads, for both systems.
+Then `--kills` times: the worker holding a long run is killed with SIGKILL and
 the time until another worker resumes it (its `RunResumed`) is measured, next to the bound
 the settings promise (lease + one poll).
 
@@ -26,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ import psycopg
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+CLIENT_THREADS = 8  # the enqueueing client, the same for both systems
 
 
 @dataclass
@@ -119,7 +122,9 @@ def stepstone_trial(url: str, workers: int, args: argparse.Namespace, tmp: Path)
             for log in logs:
                 wait_for_line(log, "started")
             t0 = time.time()
-            ids = [engine.start(noop_chain, {"n": args.steps}) for _ in range(args.runs)]
+            with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+                ids = list(pool.map(lambda _: engine.start(noop_chain, {"n": args.steps}),
+                                    range(args.runs)))
             enqueue_s = time.time() - t0
             while engine.leases.counts().get("done", 0) < args.runs:
                 time.sleep(0.05)
@@ -195,7 +200,9 @@ def dbos_trial(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> T
             options: EnqueueOptions = {"queue_name": "bench", "workflow_name": "dbos_noop_chain",
                                        "app_version": "bench"}
             t0 = time.time()
-            handles = [client.enqueue(options, args.steps) for _ in range(args.runs)]
+            with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+                handles = list(pool.map(lambda _: client.enqueue(options, args.steps),
+                                        range(args.runs)))
             enqueue_s = time.time() - t0
             for h in handles:
                 h.get_result()

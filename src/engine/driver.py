@@ -9,7 +9,6 @@ in that window only runs the step again, inside the at-least-once contract.
 from __future__ import annotations
 
 import contextvars
-import logging
 import threading
 import time
 from collections import Counter
@@ -31,11 +30,17 @@ from engine.errors import (
     OutputEncodingError,
     RunConflictError,
 )
+from engine.logcontext import get_logger
+from engine.observe import log_events
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
 from engine.store import RunStore
+from engine.tracing import TRACER
 
-log = logging.getLogger("stepstone.engine")
+log = get_logger("stepstone.engine")
+
+Observer = Callable[[WorkflowRun, Sequence[Any]], None]
+"""Told about the events of each successful save (logs, metrics)."""
 
 Clock = Callable[[], datetime]
 
@@ -84,10 +89,11 @@ class StepFailedError(Exception):
 class RunDriver:
     """Drives one run in this thread (and its fan-out branches in a few more).
 
-    `lease_check`, when given, is called before every save and raises `LeaseLostError` once
-    this worker may no longer hold the run; `suspend_after_s`, when given, makes waits longer
-    than that (retry backoff, durable sleep) end the drive instead of blocking, so a worker can
-    hand the run back until it is due. Both are the worker's; a local drive leaves them unset.
+    `saver` commits the run's pending events (the engine's group commit, so the runs one
+    process drives share transactions). `lease_check` is called before every save and raises
+    `LeaseLostError` once this process may no longer hold the run. `suspend_after_s`, when
+    given, makes waits longer than that (retry backoff, durable sleep) end the drive instead
+    of blocking, so a worker can hand the run back until it is due; a local drive blocks.
     """
 
     def __init__(
@@ -103,8 +109,12 @@ class RunDriver:
         lease_check: Callable[[], None] | None = None,
         suspend_after_s: float | None = None,
         resume_reason: ev.ResumeReason | None = None,
+        saver: Callable[[WorkflowRun], None] | None = None,
+        observers: Sequence[Observer] = (log_events,),
     ) -> None:
         self.store = store
+        self.saver = saver or store.save_run
+        self.observers = observers
         self.run = run
         self.definition = definition
         self.worker_id = worker_id
@@ -137,14 +147,20 @@ class RunDriver:
         with self._lock:
             if self._abandoned is not None:
                 raise _Abandon(self._abandoned)
+            events = list(self.run.pending_events)
             try:
                 if self.lease_check is not None:
                     self.lease_check()
-                self.store.save_run(self.run)
+                self.saver(self.run)
             except (RunConflictError, LeaseLostError) as e:
                 # The fence: another worker owns the run now. Write nothing more, anywhere.
                 self._abandoned = e
                 raise _Abandon(e) from e
+            for observer in self.observers:
+                try:
+                    observer(self.run, events)
+                except Exception:  # telling must never cost the run its progress
+                    log.exception("an event observer failed; the events are saved")
 
     # -- the run --------------------------------------------------------------------------
     def drive(self) -> RunResult:
@@ -164,6 +180,19 @@ class RunDriver:
         if run.status.is_terminal:
             return RunResult.of(run)
         reason = _resume_reason(run)
+        attributes = {
+            "stepstone.run_id": str(run.id),
+            "stepstone.workflow": run.state.workflow,
+            "stepstone.worker_id": self.worker_id,
+            "stepstone.resume_reason": (self.resume_reason or reason or "start"),
+        }
+        with TRACER.run_span(attributes, f"run {run.state.workflow}") as span:
+            result = self._drive_body(reason)
+            TRACER.outcome(span, result.status.value)
+            return result
+
+    def _drive_body(self, reason: ev.ResumeReason | None) -> RunResult:
+        run = self.run
         if reason is not None:
             # Pending until the first real write: a run that diverges is left untouched.
             self._record(ev.RunResumed, reason=self.resume_reason or reason)
@@ -287,9 +316,19 @@ class RunDriver:
             )
             t0 = time.perf_counter()
             reset = current_step.set(ctx)
+            span_cm = TRACER.step_span(
+                {"stepstone.run_id": str(self.run.id), "stepstone.step_key": key,
+                 "stepstone.step": step.name, "stepstone.attempt": attempt},
+                f"step {key}",
+            )
+            span = span_cm.__enter__()
             try:
                 value = step.fn(*args, **kwargs)
+                TRACER.outcome(span, "completed")
             except Preempted as p:
+                TRACER.event("preempted", {"stepstone.reason": p.reason,
+                                           "stepstone.checkpoint": ctx.checkpoint_sequence})
+                TRACER.outcome(span, "preempted")
                 self._flush_checkpoint(key)
                 self._record(
                     ev.StepPreempted,
@@ -300,12 +339,14 @@ class RunDriver:
                 )
                 raise
             except Exception as e:
+                TRACER.outcome(span, "failed", e)
                 self._flush_checkpoint(key)
                 due = self._record_failure(step, key, attempt, e, time.perf_counter() - t0)
                 if due is None:
                     raise StepFailedError(key, type(e).__name__, str(e)) from e
                 continue
             finally:
+                span_cm.__exit__(None, None, None)
                 current_step.reset(reset)
             self._pending_checkpoints.pop(key, None)  # completion supersedes a throttled one
             encoded = step.codec.encode(value)
@@ -485,6 +526,7 @@ class RunDriver:
         last = self._last_checkpoint_at.get(ctx.step_key, 0.0)
         throttled = now - last < self.checkpoint_min_interval_s
         self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
+        TRACER.event("checkpoint", {"stepstone.sequence": ctx.checkpoint_sequence})
         if not throttled or self.token.requested:
             self._flush_checkpoint(ctx.step_key)
             self._last_checkpoint_at[ctx.step_key] = now

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,7 +15,7 @@ import orjson
 
 from engine.aggregate import RunStatus, WorkflowRun
 from engine.definitions import Workflow
-from engine.driver import RunDriver, utc_now
+from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
     ConfigurationError,
     EngineError,
@@ -31,8 +30,11 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.events import ResumeReason
+from engine.group_commit import GroupCommit
 from engine.heartbeat import LeaseKeeper
 from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
+from engine.logcontext import get_logger
+from engine.observe import log_events
 from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, RunInfo, RunResult
@@ -40,7 +42,7 @@ from engine.settings import Settings
 from engine.store import RunStore
 from engine.store_url import parse_store_url
 
-log = logging.getLogger("stepstone.engine")
+log = get_logger("stepstone.engine")
 
 _KEY_NAMESPACE = uuid.UUID("6f1d2c7e-8a43-5b8e-9c39-5b7f0e1a2d44")
 
@@ -87,6 +89,9 @@ class Engine:
         self.store = RunStore(location, snapshot_interval=self.settings.snapshot_interval)
         self._leases: LeaseStore | None = None
         self._keeper: LeaseKeeper | None = None
+        self.group_commit = GroupCommit(self.store)
+        self.observers: list[Observer] = [log_events]
+        """Told about every save's events: logs by default; a worker adds its metrics."""
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Engine:
@@ -171,8 +176,11 @@ class Engine:
             idempotency_key=key,
             queue=workflow.queue,
         )
+        events = list(run.pending_events)
         try:
-            self.store.save_run(run)
+            self.group_commit.save_run(run)  # starts from several threads share commits
+            for observer in self.observers:
+                observer(run, events)
         except RunConflictError:
             if key is None:
                 raise
@@ -258,6 +266,8 @@ class Engine:
                 lease_check=lambda: keeper.check(run_id),
                 suspend_after_s=suspend_after_s,
                 resume_reason=resume_reason,
+                saver=self.group_commit.save_run,
+                observers=tuple(self.observers),
             )
             try:
                 result = driver.drive()

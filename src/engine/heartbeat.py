@@ -9,15 +9,15 @@ real fence; this check only saves a doomed write.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from uuid import UUID
 
 from engine.errors import EngineError, LeaseLostError
 from engine.leases import LeaseStore
+from engine.logcontext import get_logger
 
-log = logging.getLogger("stepstone.worker")
+log = get_logger("stepstone.worker")
 
 
 class LeaseKeeper:

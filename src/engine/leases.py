@@ -13,7 +13,6 @@ only makes takeover early or late, never unsafe, since the fence is the log.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -30,9 +29,10 @@ import psycopg
 from psycopg import sql as pgsql
 
 from engine.errors import StoreUnavailableError
+from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
 
-log = logging.getLogger("stepstone.worker")
+log = get_logger("stepstone.worker")
 
 READY, DONE, PARKED = "ready", "done", "parked"
 DEFAULT_QUEUE = "default"
@@ -227,10 +227,13 @@ class LeaseStore:
     def __init__(self, location: StoreLocation, *, clock: Callable[[], float] = time.time) -> None:
         self.location = location
         self.clock = clock
-        self._db: _Db = (
-            _SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
-            else _PostgresDb(location)
-        )
+        try:
+            self._db: _Db = (
+                _SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
+                else _PostgresDb(location)
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise StoreUnavailableError(location.display, str(e).strip()) from e
         self._n = self._db.names()
         self.channel = self._n.get("channel", "")
         self._lock = threading.Lock()

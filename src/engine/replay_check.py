@@ -146,6 +146,10 @@ class _CheckingDriver(RunDriver):
         return result("resumes")
 
 
+def _write_nothing(run: WorkflowRun) -> None:
+    """The checking driver's saver; `_save` is cut off too, this is belt and braces."""
+
+
 def run_of(events: Iterable[RunEvent]) -> WorkflowRun:
     """The aggregate a history replays to, with the library's own mutate (no store needed)."""
     run: WorkflowRun | None = None
@@ -164,6 +168,7 @@ def check_run(run: WorkflowRun, workflow: Workflow[..., Any]) -> CheckResult:
         workflow,
         worker_id="replay-check",
         token=PreemptionToken(),
+        saver=_write_nothing,
     )
     return driver.check()
 

@@ -6,7 +6,6 @@ events whose uniqueness on (run id, version) is the optimistic-concurrency fence
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -14,6 +13,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
@@ -27,9 +27,10 @@ from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
 from engine.events import RunEvent, RunStarted
+from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
 
-log = logging.getLogger("stepstone.engine")
+log = get_logger("stepstone.engine")
 
 _STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
 
@@ -74,7 +75,13 @@ class RunStore(Application[UUID]):
         protocol checks cost more than the rest of a step's Python work, and takes snapshots
         from the aggregates in memory instead of re-reading events as the library would.
         """
-        events = [event for run in runs for event in run.collect_events()]
+        self.save_events([(run, run.collect_events()) for run in runs])
+
+    def save_events(
+        self, batch: Sequence[tuple[WorkflowRun, Sequence[CanMutateAggregate[UUID]]]]
+    ) -> None:
+        """Commit events already collected from their runs, all in one transaction."""
+        events = [event for _, run_events in batch for event in run_events]
         if not events:
             return
         try:
@@ -84,7 +91,7 @@ class RunStore(Application[UUID]):
         except _STORE_ERRORS as e:
             raise StoreUnavailableError(self.location.display, _reason(e)) from e
         if self.snapshots is not None:
-            for run in runs:
+            for run, _ in batch:
                 if run.version - run.snapshot_version >= self._snapshot_gap(run):
                     self._snapshot(run)
 

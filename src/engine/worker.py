@@ -11,7 +11,6 @@ handed back (due at once, so another worker resumes them right away), and `run` 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -30,9 +29,11 @@ from engine.errors import (
 )
 from engine.events import ResumeReason, RunStarted
 from engine.leases import PARKED, READY, Claim, queue_scope
+from engine.logcontext import bound, get_logger
+from engine.metrics import WorkerMetrics
 from engine.results import RunResult
 
-log = logging.getLogger("stepstone.worker")
+log = get_logger("stepstone.worker")
 
 # A worker without a workflow's code hands the run back for this long, so a worker that has
 # the code gets it meanwhile.
@@ -65,6 +66,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         queue_limits: Sequence[tuple[str, int]] = (),
         suspend_after_s: float = 1.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         settings = engine.settings
         self.engine = engine
@@ -75,6 +77,9 @@ class Worker:
         self.poll_interval_s = settings.worker_poll_interval_s
         self.drain_timeout_s = settings.worker_drain_timeout_s
         self.stats = WorkerStats()
+        self.metrics = metrics
+        if metrics is not None:
+            engine.observers.append(metrics.observe)
         self._wake = threading.Event()
         self._in_flight: dict[UUID, Future[None]] = {}
 
@@ -84,6 +89,10 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """Claim and drive runs until the engine's token is set; then drain and return."""
+        with bound(worker_id=self.worker_id):
+            return self._run()
+
+    def _run(self) -> WorkerStats:
         engine, token = self.engine, self.engine.token
         leases = engine.leases
         if self.queue_limits:
@@ -144,13 +153,21 @@ class Worker:
             self.stats.runs.append(claim.run_id)
             if claim.taken_from is not None:
                 self.stats.taken_over += 1
+                if self.metrics is not None:
+                    self.metrics.takeovers.labels(claim.workflow).inc()
                 log.info(
                     "took over run %s from worker %s (its lease expired)",
                     claim.run_id, claim.taken_from,
+                    extra={"run_id": str(claim.run_id), "workflow": claim.workflow},
                 )
             fut = pool.submit(self._drive, claim, since)
             fut.add_done_callback(lambda _f: self._wake.set())
             self._in_flight[claim.run_id] = fut
+        self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.set(len(self._in_flight))
 
     def _wait_for_work(self) -> None:
         # Woken by a finished run (a free slot), a NOTIFY from a new run, or preemption.
@@ -167,10 +184,16 @@ class Worker:
         done = [run_id for run_id, fut in self._in_flight.items() if fut.done()]
         for run_id in done:
             del self._in_flight[run_id]
+        if done:
+            self._gauge()
         return len(done)
 
     # -- driving --------------------------------------------------------------------------
     def _drive(self, claim: Claim, since: float) -> None:
+        with bound(run_id=str(claim.run_id), workflow=claim.workflow, worker_id=self.worker_id):
+            self._drive_claim(claim, since)
+
+    def _drive_claim(self, claim: Claim, since: float) -> None:
         engine, stats, run_id = self.engine, self.stats, claim.run_id
         if claim.takeovers > engine.settings.max_takeovers:
             note = (

@@ -31,9 +31,12 @@ from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
     EXIT_PREEMPTED,
+    TEXT_FORMAT,
     fail,
+    log_format_option,
     open_engine,
     parse_run_id,
+    setup_logging,
     store_options,
 )
 from stepstone.projections_cli import projections
@@ -83,7 +86,7 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
 def main(verbose: int) -> None:
     """Stepstone: durable workflows that survive interruption."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=TEXT_FORMAT)
 
 
 @main.command()
@@ -93,9 +96,11 @@ def main(verbose: int) -> None:
 @click.option("--workdir", default="stepstone-demo", show_default=True,
               help="Where the generated data set and the output table go.")
 @store_options
+@log_format_option
 def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | None,
-         as_json: bool) -> None:
+         as_json: bool, log_format: str) -> None:
     """Run the demo batch job; interrupt it anytime and run it again to resume."""
+    setup_logging(log_format)
     from stepstone.demo import batch_job
 
     params = {"records": records, "chunk": chunk, "seed": seed, "workdir": workdir}
@@ -123,9 +128,11 @@ def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | 
 @click.option("--enqueue", is_flag=True,
               help="Only record the run and print its id; a `stepstone worker` drives it.")
 @store_options
+@log_format_option
 def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
-            database_url: str | None, as_json: bool) -> None:
+            database_url: str | None, as_json: bool, log_format: str) -> None:
     """Run a workflow; an unfinished run with the same input is resumed instead."""
+    setup_logging(log_format)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -175,8 +182,11 @@ def key_or_unfinished(engine: Engine, wf: Workflow[..., Any], data: dict[str, An
 @click.option("--workflow", "reference", metavar="MODULE:WORKFLOW",
               help="Where the workflow code is, if not where the run recorded it.")
 @store_options
-def resume(run_id: str, reference: str | None, database_url: str | None, as_json: bool) -> None:
+@log_format_option
+def resume(run_id: str, reference: str | None, database_url: str | None, as_json: bool,
+           log_format: str) -> None:
     """Resume a run from where its log says it stopped."""
+    setup_logging(log_format)
     rid = parse_run_id(run_id)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def log_format_option(fn: F) -> F:
+    """`--log-format text|json` for the commands that run for a long time."""
+    return click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+        help="json: one JSON object per log record, with run_id, workflow, step_key, attempt, "
+        "worker_id and run_version, to join with `stepstone history --json`.",
+    )(fn)
+
+
+def setup_logging(log_format: str, *, at_least: int | None = None) -> None:
+    """Point the root handler at the chosen format (the group set its level from -v)."""
+    from engine.logcontext import json_formatter
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=TEXT_FORMAT)
+    if at_least is not None and root.level > at_least:
+        root.setLevel(at_least)
+    if log_format == "json":
+        for handler in root.handlers:
+            handler.setFormatter(json_formatter())
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def store_options(fn: F) -> F:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from projections import VIEWS, ProjectionsError, Projector
 from stepstone import output
-from stepstone.common import F, fail, open_engine, store_options
+from stepstone.common import F, fail, log_format_option, open_engine, setup_logging, store_options
 
 
 def _batch(default: int) -> Callable[[F], F]:
@@ -50,9 +50,11 @@ def open_projector(
 @click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(0.01),
               help="Seconds between polls of the log (SQLite; PostgreSQL is notified).")
 @store_options
+@log_format_option
 def run_cmd(batch_size: int, poll_interval: float, database_url: str | None,
-            as_json: bool) -> None:
+            as_json: bool, log_format: str) -> None:
     """Follow the log and keep every view up to date until SIGTERM or Ctrl-C."""
+    setup_logging(log_format)
     stop = threading.Event()
     with open_projector(database_url, batch_size=batch_size, create=True) as projector:
         how = "polling" if projector.db.is_sqlite else "LISTEN/NOTIFY"

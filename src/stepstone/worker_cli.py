@@ -10,10 +10,12 @@ import sys
 import click
 
 from engine import Engine, EngineError, Settings, signals_request_preemption
+from engine.logcontext import get_logger
+from engine.metrics import WorkerMetrics
 from engine.worker import Worker
-from stepstone.common import EXIT_FORCED, fail
+from stepstone.common import EXIT_FORCED, fail, log_format_option, setup_logging
 
-log = logging.getLogger("stepstone.worker")
+log = get_logger("stepstone.worker")
 
 
 def _queue_limit(text: str) -> tuple[str, int]:
@@ -41,18 +43,21 @@ def _queue_limit(text: str) -> tuple[str, int]:
               help="Heartbeat interval (default: STEPSTONE_HEARTBEAT_INTERVAL_S, 10).")
 @click.option("--poll", "poll_s", type=click.FloatRange(min=0.01), metavar="SECONDS",
               help="Idle poll interval (default: STEPSTONE_WORKER_POLL_INTERVAL_S, 1).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Interface for --metrics-port (0.0.0.0 to be scraped from elsewhere).")
+@log_format_option
 def worker(database_url: str | None, concurrency: int | None, queues: tuple[str, ...],
            queue_limits: tuple[str, ...], imports: tuple[str, ...], lease_s: float | None,
-           heartbeat_s: float | None, poll_s: float | None) -> None:
+           heartbeat_s: float | None, poll_s: float | None, metrics_port: int | None,
+           metrics_host: str, log_format: str) -> None:
     """Drive runnable runs until SIGTERM/Ctrl-C, then drain and exit 0.
 
     On SIGTERM the worker stops claiming, its runs stop at their next checkpoint with
     progress saved, and their leases are handed back for other workers to resume at once.
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("stepstone").setLevel(min(logging.getLogger().level, logging.INFO))
+    setup_logging(log_format, at_least=logging.INFO)
     limits = [_queue_limit(text) for text in queue_limits]
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -82,9 +87,17 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
     def notice(signame: str) -> None:
         log.info("%s: draining (Ctrl-C again to force exit)", signame)
 
+    metrics = WorkerMetrics()
+    if metrics_port is not None:
+        try:
+            metrics.serve(metrics_port, metrics_host)
+        except OSError as e:
+            engine.close()
+            fail(f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {e}")
+        log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
     try:
         with engine, signals_request_preemption(engine.token, on_first=notice):
-            Worker(engine, queues=queues or None, queue_limits=limits).run()
+            Worker(engine, queues=queues or None, queue_limits=limits, metrics=metrics).run()
     except KeyboardInterrupt:
         click.echo("forced exit: every recorded event is safe; leases expire and other workers "
                    "take the runs over", err=True)

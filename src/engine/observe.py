@@ -1,0 +1,64 @@
+"""One log record per event the engine writes, so the log tells the run's story.
+
+Called after each successful save with the events it committed (never before: a record must not
+claim an event that a failed save did not write). Step-level events log at DEBUG, run-level ones,
+failures and preemptions at INFO; a disabled level costs one check per save.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from engine.aggregate import WorkflowRun
+from engine.logcontext import get_logger
+
+log = get_logger("stepstone.events")
+
+_DEBUG = frozenset({"StepStarted", "StepCompleted", "StepCheckpointed", "TimerFired"})
+
+
+def log_events(run: WorkflowRun, events: Sequence[Any]) -> None:
+    if not log.isEnabledFor(logging.INFO):  # the least any event logs at
+        return
+    for event in events:
+        kind = type(event).__name__
+        level = logging.DEBUG if kind in _DEBUG else logging.INFO
+        if not log.isEnabledFor(level):
+            continue
+        key = getattr(event, "step_key", None)
+        attempt = getattr(event, "attempt", None)
+        detail = _detail(kind, event)
+        log.log(
+            level,
+            "%s%s%s%s",
+            kind,
+            f" {key}" if key else "",
+            f" attempt {attempt}" if attempt else "",
+            f": {detail}" if detail else "",
+            extra={
+                "run_id": str(run.id),
+                "workflow": run.state.workflow,
+                "step_key": key,
+                "attempt": attempt,
+                "worker_id": event.worker_id,
+                "run_version": event.originator_version,
+                "event": kind,
+            },
+        )
+
+
+def _detail(kind: str, event: Any) -> str:
+    if kind == "StepFailed":
+        retry = f"; retry at {event.next_attempt_at.isoformat()}" if event.retryable else ""
+        return f"{event.error_type}: {event.message}{retry}"
+    if kind in ("RunFailed",):
+        return f"{event.error_type}: {event.message}"
+    if kind in ("RunPreempted", "StepPreempted", "RunResumed"):
+        return str(event.reason)
+    if kind == "StepCheckpointed":
+        return f"checkpoint {event.sequence}"
+    if kind == "TimerStarted":
+        return f"until {event.wake_at.isoformat()}"
+    return ""

@@ -1,0 +1,86 @@
+"""OpenTelemetry spans, when the `otel` extra is installed; nothing at all otherwise.
+
+A span per drive of a run (a run resumed by three workers has three, each with the run id and
+resume reason) and a child span per step attempt, with checkpoints and preemptions as span
+events. Spans are current while step code runs, so `opentelemetry.trace.get_current_span()`
+inside a step gives its attempt's span and outgoing calls can carry the trace context. Without
+the package the tracer is a no-op and `opentelemetry` is never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+
+def _otel_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_AVAILABLE = _otel_installed()
+
+
+class _NoSpan:
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class Tracer:
+    """The engine's view of tracing: run spans, step spans, span events."""
+
+    def __init__(self) -> None:
+        self._tracer: Any = None
+        if _AVAILABLE:
+            from opentelemetry import trace
+
+            self._trace = trace
+            self._tracer = trace.get_tracer("stepstone")
+
+    @property
+    def enabled(self) -> bool:
+        return self._tracer is not None
+
+    def run_span(self, attributes: dict[str, Any], name: str) -> AbstractContextManager[Any]:
+        if self._tracer is None:
+            return nullcontext(_NO_SPAN)
+        return self._span(name, attributes)
+
+    def step_span(self, attributes: dict[str, Any], name: str) -> AbstractContextManager[Any]:
+        if self._tracer is None:
+            return nullcontext(_NO_SPAN)
+        return self._span(name, attributes)
+
+    @contextmanager
+    def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+        with self._tracer.start_as_current_span(
+            name, attributes={k: v for k, v in attributes.items() if v is not None},
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    def event(self, name: str, attributes: dict[str, Any]) -> None:
+        """A span event on the current span (a checkpoint, a preemption)."""
+        if self._tracer is None:
+            return
+        self._trace.get_current_span().add_event(name, attributes)
+
+    def outcome(self, span: Any, outcome: str, error: BaseException | None = None) -> None:
+        if self._tracer is None:
+            return
+        span.set_attribute("stepstone.outcome", outcome)
+        if error is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+TRACER = Tracer()
