@@ -144,7 +144,7 @@ def test_a_failed_branch_stops_new_branches_and_fails_the_run(engine: Engine) ->
     assert executions == Counter({"square#0": 1})  # square#1 (third call) never started
 
 
-def test_a_changed_fan_out_is_a_divergence_and_writes_nothing(engine: Engine) -> None:
+def test_a_changed_fan_out_is_a_divergence_and_parks_the_run(engine: Engine) -> None:
     stop_after["preempt_at"] = 1
     on_stop.append(lambda: engine.preempt("stop mid fan-out"))
     run_id = engine.start(fan_changed, {"width": 4})
@@ -159,7 +159,8 @@ def test_a_changed_fan_out_is_a_divergence_and_writes_nothing(engine: Engine) ->
             engine.resume(run_id)
     finally:
         SWAPPED["on"] = False
-    assert engine.status(run_id).version == version
+    assert engine.status(run_id).version == version + 1  # RunParked, and nothing else
+    assert engine.history(run_id)[-1].event_type == "RunParked"
     assert engine.resume(run_id).output == [0, 1, 4, 9]
 
 

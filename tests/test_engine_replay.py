@@ -112,7 +112,7 @@ def _diverging_pair(name: str, engine: Engine) -> tuple[object, object]:
     return original, changed
 
 
-def test_changed_body_is_a_non_determinism_error_and_leaves_the_log_intact(
+def test_changed_body_is_a_non_determinism_error_and_parks_the_run(
     engine: Engine, store_url: str
 ) -> None:
     original, changed = _diverging_pair("diverging", engine)
@@ -129,7 +129,11 @@ def test_changed_body_is_a_non_determinism_error_and_leaves_the_log_intact(
     assert info.value.actual == "fetch#1"
     assert "load#0" in str(info.value)
     assert "fetch#1" in str(info.value)
-    assert engine.history(first.run_id) == before
+    # Parked: one RunParked event is all that was written (docs/audit.md).
+    after = engine.history(first.run_id)
+    assert after[:-1] == before
+    assert after[-1].event_type == "RunParked"
+    assert engine.status(first.run_id).status is RunStatus.PARKED
 
     engine.token.clear()
     assert engine.resume(first.run_id).status is RunStatus.COMPLETED
@@ -245,4 +249,5 @@ def test_a_workflow_cannot_swallow_a_divergence(engine: Engine, store_url: str) 
         pytest.raises(NonDeterminismError, match="'first#0'"),
     ):
         changed.resume(run_id)
-    assert engine.history(run_id) == log
+    assert engine.history(run_id)[:-1] == log  # parked: RunParked is all that was written
+    assert engine.history(run_id)[-1].event_type == "RunParked"

@@ -21,7 +21,9 @@ from api.queries import Reads
 from api.readonly_store import StoreReadError
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_STATUSES = ("pending", "running", "preempted", "waiting", "completed", "failed", "cancelled")
+_STATUSES = (
+    "pending", "running", "preempted", "waiting", "parked", "completed", "failed", "cancelled",
+)
 
 
 class ViewsCollector(Collector):

@@ -19,6 +19,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     PREEMPTED = "preempted"
     WAITING = "waiting"
+    PARKED = "parked"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -135,6 +136,7 @@ class WorkflowStats(_Model):
     running: int
     preempted: int
     waiting: int
+    parked: int
     completed: int
     failed: int
     cancelled: int

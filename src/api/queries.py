@@ -39,7 +39,7 @@ ATTEMPT_COLUMNS = (
     "error_type, error_message"
 )
 STATS_COLUMNS = (
-    "workflow, runs, pending, running, preempted, waiting, completed, failed, cancelled, "
+    "workflow, runs, pending, running, preempted, waiting, parked, completed, failed, cancelled, "
     "duration_p50_s, duration_p95_s"
 )
 HOTSPOT_COLUMNS = "workflow, step_name, attempts, retries, failures, preemptions, crashes"

@@ -23,18 +23,22 @@ from engine.errors import (
     RunLeasedError,
     RunNotFinishedError,
     RunNotFoundError,
+    RunParkedError,
     StoreUnavailableError,
     UnknownEventError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from engine.patching import patched
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
+from engine.replay_check import CheckResult, check_history
 from engine.results import HistoryEntry, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
 
 __all__ = [
     "NO_RETRY",
+    "CheckResult",
     "ConfigurationError",
     "Engine",
     "EngineError",
@@ -53,6 +57,7 @@ __all__ = [
     "RunLeasedError",
     "RunNotFinishedError",
     "RunNotFoundError",
+    "RunParkedError",
     "RunResult",
     "RunStatus",
     "Settings",
@@ -67,8 +72,10 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowNotFoundError",
     "WorkflowRun",
+    "check_history",
     "gather",
     "load_workflow",
+    "patched",
     "run_id_for_key",
     "signals_request_preemption",
     "sleep",

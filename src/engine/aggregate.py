@@ -17,6 +17,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict
 
 from engine import events as ev
+from engine.chain import SEAL
 
 
 class RunStatus(StrEnum):
@@ -27,6 +28,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PARKED = "parked"  # audit: diverged on resume, waits for compatible code (not terminal)
 
     @property
     def is_terminal(self) -> bool:
@@ -63,6 +65,14 @@ class StepState(BaseModel):
     wake_at: datetime | None = None
 
 
+class Divergence(BaseModel):
+    """Where a parked run's history and the code parted: the step recorded, the step asked."""
+
+    expected: str
+    actual: str
+    position: int
+
+
 class RunState(BaseModel):
     """Everything the engine decides from; steps keep the order they were first started in."""
 
@@ -80,6 +90,12 @@ class RunState(BaseModel):
     error: ErrorInfo | None = None
     worker_id: str = ""
     last_reason: str | None = None
+    # -- audit and replay, docs/audit.md --
+    last_hash: str | None = None  # the chain continues from here, also after a snapshot
+    patches: list[str] = []  # change ids of patch markers recorded, in order
+    parent_run_id: UUID | None = None  # a fork's parent run
+    forked_from_step: str | None = None
+    parked: Divergence | None = None
 
 
 class WorkflowRun(BaseAggregate[UUID]):
@@ -91,10 +107,18 @@ class WorkflowRun(BaseAggregate[UUID]):
 
     @classmethod
     def start(cls, run_id: UUID, **fields: Any) -> WorkflowRun:
+        fields.setdefault("parent_run_id", None)
+        fields.setdefault("forked_from_step", None)
+        # Tamper evidence: the first event opens the run's hash chain (engine.chain).
+        fields["prev_hash"] = None
+        fields["hash"] = SEAL
         return cls._create(ev.RunStarted, id=run_id, **fields)
 
     def record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
         """Append a new event to this run (pending until the store saves it)."""
+        # Tamper evidence: chain the event to the run's last one (engine.chain).
+        fields["prev_hash"] = self.state.last_hash
+        fields["hash"] = SEAL
         self.trigger_event(event_class, **fields)
 
     @property
@@ -108,6 +132,7 @@ class WorkflowRun(BaseAggregate[UUID]):
     def when(self, event: ev.RunEvent) -> None:
         s = self.state
         s.worker_id = event.worker_id
+        s.last_hash = event.hash
         match event:
             case ev.RunStarted():
                 s.workflow = event.workflow
@@ -117,10 +142,13 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.input = event.input
                 s.input_digest = event.input_digest
                 s.idempotency_key = event.idempotency_key
+                s.parent_run_id = event.parent_run_id
+                s.forked_from_step = event.forked_from_step
                 s.queue = event.queue
             case ev.RunResumed():
                 s.status = RunStatus.RUNNING
                 s.last_reason = event.reason.value
+                s.parked = None
             case ev.StepStarted():
                 s.status = RunStatus.RUNNING
                 prior = s.steps.get(event.step_key)
@@ -180,6 +208,24 @@ class WorkflowRun(BaseAggregate[UUID]):
             case ev.RunCancelled():
                 s.status = RunStatus.CANCELLED
                 s.last_reason = f"{event.by}: {event.reason}"
+            # -- audit and replay, docs/audit.md --
+            case ev.PatchMarked():
+                s.patches.append(event.change_id)
+            case ev.StepReused():
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key,
+                    name=event.step_name,
+                    attempt=0,
+                    status=StepStatus.COMPLETED,
+                    started_at=event.timestamp,
+                    output=event.output,
+                )
+            case ev.RunParked():
+                s.status = RunStatus.PARKED
+                s.last_reason = event.reason
+                s.parked = Divergence(
+                    expected=event.expected, actual=event.actual, position=event.position
+                )
 
     @property
     def completed_steps(self) -> int:
@@ -215,7 +261,10 @@ class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):
         run = cls.__new__(cls)
         run.__base_init__(self.originator_id, self.originator_version, self.created_on)
         run.modified_on = self.timestamp
-        run.state = self.state.model_copy(deep=True)
+        # No copy: the repository decodes a new snapshot object for every load and drops it
+        # after this call, so nothing else holds this state. (A deep copy of a long run's
+        # state was most of the time to load it: 100,000 events, seconds.)
+        run.state = self.state
         run.snapshot_version = self.originator_version
         return run
 

@@ -20,6 +20,9 @@ class StepRunner(Protocol):
     def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Replay the step's recorded outcome, or run and record a new attempt."""
 
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new path guarded by `change_id` (engine.patching)."""
+
 
 class CheckpointSink(Protocol):
     """Where a running step's checkpoints go (the RunDriver); kept abstract for tests."""

@@ -385,6 +385,23 @@ class RunDriver:
         )
         return due
 
+    # -- patch markers (audit; see engine.patching) --------------------------------
+    def patched(self, change_id: str) -> bool:
+        """Whether the run takes the new path of `change_id` at this point of the body.
+
+        A marker in the history says yes. Without one, a history that goes on past this point
+        was written by the old code: the old path. At the end of the history the run is
+        making new history, so it takes the new path and records the marker.
+        """
+        if self._divergence is not None:
+            raise self._divergence
+        if change_id in self.run.state.patches:
+            return True
+        if self._position < len(self._history):
+            return False
+        self._record(ev.PatchMarked, change_id=change_id)
+        return True
+
     def _raise_if_preempted(self) -> None:
         if self.token.requested:
             raise Preempted(self.token.reason)
@@ -574,6 +591,8 @@ def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
         return None
     if run.status is RunStatus.PREEMPTED:
         return ev.ResumeReason.AFTER_PREEMPTION
+    if run.status is RunStatus.PARKED:  # audit: compatible code is back
+        return ev.ResumeReason.AFTER_PARKING
     if run.status is RunStatus.WAITING:
         return ev.ResumeReason.TIMER_DUE
     last = next(reversed(run.steps.values()), None)

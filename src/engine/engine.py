@@ -35,6 +35,7 @@ from engine.heartbeat import LeaseKeeper
 from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 from engine.logcontext import get_logger
 from engine.observe import log_events
+from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, RunInfo, RunResult
 from engine.settings import Settings
@@ -271,8 +272,11 @@ class Engine:
             try:
                 result = driver.drive()
             except NonDeterminismError as e:
-                self._release(run_id, state=PARKED, note=str(e))
-                raise
+                # Audit (docs/audit.md): record RunParked, so the status shows everywhere, then
+                # hand the lease back as parked.
+                parked = park(self.store, e, worker_id=owner, clock=utc_now)
+                self._release(run_id, state=PARKED, note=str(parked))
+                raise parked from e
             except (RunConflictError, LeaseLostError):
                 self._release(run_id, state=READY)  # only if still ours: due again at once
                 raise

@@ -149,3 +149,17 @@ class RunLeasedError(EngineError):
             f"finish (`stepstone status {run_id}`), or stop that worker and retry once its "
             "lease expires"
         )
+
+
+class RunParkedError(NonDeterminismError):
+    """Resuming diverged from the history, so the run was parked: `RunParked` is all it wrote."""
+
+    def __init__(self, run_id: UUID, position: int, expected: str, actual: str) -> None:
+        super().__init__(run_id, position, expected, actual)
+        self.args = (
+            f"run {run_id} diverged from its history at step position {position}: the history "
+            f"recorded {expected!r} but the workflow code now asks for {actual!r}. The run was "
+            "parked (status parked; nothing else was written). Deploy code that replays its "
+            "history (guard the change with patched(...)), then `stepstone resume "
+            f"{run_id}`; `stepstone replay --check` tells which runs a deploy would park.",
+        )

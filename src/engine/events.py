@@ -16,6 +16,8 @@ from uuid import UUID
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict
 
+from engine.chain import SEAL, event_digest
+
 if TYPE_CHECKING:
     from engine.aggregate import WorkflowRun
 
@@ -26,6 +28,7 @@ class ResumeReason(StrEnum):
     CRASH_RECOVERY = "crash_recovery"
     AFTER_PREEMPTION = "after_preemption"
     RETRY_DUE = "retry_due"
+    AFTER_PARKING = "after_parking"  # audit: compatible code is back for a parked run
     TIMER_DUE = "timer_due"
     LEASE_EXPIRED = "lease_expired"
 
@@ -40,12 +43,25 @@ class RunEvent(BaseModel, CanMutateAggregate[UUID]):
     originator_version: int
     timestamp: datetime
     worker_id: str
+    # Tamper evidence (engine.chain): the hash of the run's previous event, and this event's
+    # own hash over its stored content. None on events written before hash chaining existed.
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Tamper evidence: an event triggered with `hash=SEAL` (WorkflowRun.record) gets its
+        # own digest, computed once the event is whole. Decoded events keep their stored hash.
+        if self.hash == SEAL:
+            self.__dict__["hash"] = event_digest(self)
 
     def apply(self, aggregate: WorkflowRun) -> None:
         aggregate.when(self)
 
 
 class RunStarted(RunEvent, CanInitAggregate[UUID]):
+    # v2 (audit): a fork names the run it reuses outputs from and the step it re-executes from.
+    class_version: ClassVar[int] = 2
+
     originator_topic: str
     workflow: str
     workflow_version: int
@@ -54,6 +70,14 @@ class RunStarted(RunEvent, CanInitAggregate[UUID]):
     input: dict[str, Any]
     input_digest: str
     idempotency_key: str | None
+    parent_run_id: UUID | None
+    forked_from_step: str | None
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """Runs started before forks existed are not forks."""
+        state["parent_run_id"] = None
+        state["forked_from_step"] = None
     queue: str = "default"
 
 
@@ -131,6 +155,33 @@ class RunCancelled(RunEvent):
     reason: str
 
 
+# -- audit and replay, docs/audit.md -----------------------------------------------------------
+
+
+class PatchMarked(RunEvent):
+    """The workflow body took the new path of `patched(change_id)` at this point of the run."""
+
+    change_id: str
+
+
+class StepReused(RunEvent):
+    """A fork took this step's recorded output from its parent run instead of running it."""
+
+    step_key: str
+    step_name: str
+    output: Any
+    reused_from: UUID
+
+
+class RunParked(RunEvent):
+    """Resuming diverged from the run's history; it waits for compatible code."""
+
+    reason: str
+    expected: str
+    actual: str
+    position: int
+
+
 EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunStarted,
     RunResumed,
@@ -143,6 +194,9 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunCompleted,
     RunFailed,
     RunCancelled,
+    PatchMarked,
+    StepReused,
+    RunParked,
     TimerStarted,
     TimerFired,
 )

@@ -30,6 +30,7 @@ class RunInfo:
     started_at: datetime
     updated_at: datetime
     version: int
+    parked_reason: str | None = None  # audit: why a parked run waits (RunParked's reason)
 
     @classmethod
     def of(cls, run: WorkflowRun) -> RunInfo:
@@ -54,6 +55,7 @@ class RunInfo:
             started_at=run.created_on,
             updated_at=run.modified_on,
             version=run.version,
+            parked_reason=s.last_reason if s.status is RunStatus.PARKED else None,
         )
 
 
@@ -83,7 +85,8 @@ class RunResult:
 
 
 # Shown as the entry's own attributes (or of no use to a reader), not among its fields.
-_ENVELOPE = {"originator_id", "originator_version", "timestamp", "worker_id", "originator_topic"}
+_ENVELOPE = {"originator_id", "originator_version", "timestamp", "worker_id", "originator_topic",
+             "prev_hash", "hash"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class HistoryEntry:
     event_type: str
     worker_id: str
     fields: dict[str, Any]
+    hash: str | None = None  # audit: the event's link in its run's hash chain (engine.chain)
+    prev_hash: str | None = None
 
     @classmethod
     def of(cls, position: int, event: RunEvent) -> HistoryEntry:
@@ -106,4 +111,6 @@ class HistoryEntry:
             event_type=type(event).__name__,
             worker_id=event.worker_id,
             fields=event.model_dump(mode="json", exclude=_ENVELOPE),
+            hash=event.hash,
+            prev_hash=event.prev_hash,
         )

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from engine.driver import utc_now
 from engine.engine import Engine
 from engine.errors import (
     EngineError,
@@ -31,6 +32,7 @@ from engine.events import ResumeReason, RunStarted
 from engine.leases import PARKED, READY, Claim, queue_scope
 from engine.logcontext import bound, get_logger
 from engine.metrics import WorkerMetrics
+from engine.parking import park_crash_loop
 from engine.results import RunResult
 
 log = get_logger("stepstone.worker")
@@ -201,7 +203,11 @@ class Worker:
                 "it (a step that kills its process?). Fix the cause, then `stepstone resume "
                 f"{run_id}`"
             )
-            engine.leases.release(run_id, self.worker_id, state=PARKED, note=note)
+            try:
+                park_crash_loop(engine.store, run_id, note, worker_id=self.worker_id,
+                                clock=utc_now)
+            finally:
+                engine.leases.release(run_id, self.worker_id, state=PARKED, note=note)
             stats.parked += 1
             log.error("run %s %s", run_id, note)
             return

@@ -131,6 +131,13 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind == "RunPreempted":
         row["preemptions"] += 1
         row["interruptions"] += 1
+    elif kind == "StepReused":  # audit: a fork took the parent's output; no attempt ran
+        row["steps_started"] += 1
+        row["steps_done"] += 1
+    elif kind == "RunParked":  # audit: why it waits, where the views show errors
+        row["last_error_type"] = "NonDeterminismError"
+        row["last_error_message"] = d["reason"]
+        row["last_error_step"] = d["actual"]
     elif kind == "RunFailed":
         row["last_error_type"] = d["error_type"]
         row["last_error_message"] = d["message"]

@@ -24,7 +24,10 @@ from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
 from projections.view import STATUS_AFTER, View, seconds_between, touched_runs
 
-STATUSES = ("pending", "running", "preempted", "waiting", "completed", "failed", "cancelled")
+STATUSES = (
+    "pending", "running", "preempted", "waiting", "completed", "failed", "cancelled",
+    "parked",  # audit: see docs/audit.md
+)
 STATS = Table(
     name="workflow_stats",
     columns=(

@@ -33,6 +33,7 @@ STATUS_AFTER = {
     "RunCancelled": "cancelled",
     "TimerStarted": "waiting",
     "TimerFired": "running",
+    "RunParked": "parked",  # audit: diverged on resume, waits for compatible code
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 

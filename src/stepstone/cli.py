@@ -26,7 +26,7 @@ from engine import (
     load_workflow,
     signals_request_preemption,
 )
-from stepstone import output
+from stepstone import audit_cli, output
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
@@ -41,6 +41,7 @@ from stepstone.common import (
 )
 from stepstone.projections_cli import projections
 from stepstone.serve_cli import serve
+from stepstone.timeline import show_timeline
 from stepstone.worker_cli import worker
 
 
@@ -244,8 +245,13 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             for e in entries:
                 output.emit_json(e.__dict__)
         else:
-            output.show_history(entries)
+            show_timeline(entries)  # audit: the readable timeline
 
 main.add_command(projections)
 main.add_command(worker)
 main.add_command(serve)
+# Audit and replay (docs/audit.md): stepstone export / replay / fork / verify.
+main.add_command(audit_cli.export)
+main.add_command(audit_cli.replay)
+main.add_command(audit_cli.fork)
+main.add_command(audit_cli.verify)

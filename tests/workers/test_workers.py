@@ -249,7 +249,9 @@ def test_crash_looping_run_is_parked_not_claimed_forever(store_url: str) -> None
         assert row.state == "parked"
         assert "died 2 times in a row" in (row.note or "")
         assert engine.leases.claim("anyone", None, 5, 30) == []
-        assert engine.status(run_id).status is RunStatus.PENDING  # nothing was written
+        info = engine.status(run_id)  # visible everywhere: a RunParked event in the log
+        assert info.status is RunStatus.PARKED
+        assert "died 2 times in a row" in (info.parked_reason or "")
 
 
 def test_sweep_restores_a_run_missing_from_the_index(store_url: str) -> None:

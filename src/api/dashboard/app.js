@@ -124,7 +124,7 @@ async function loadWorkflows() {
   $("workflows").replaceChildren(...items.map((w) => el("div", { class: "card" },
     el("h3", {}, w.workflow),
     el("div", { class: "counts" },
-      ...["running", "waiting", "pending", "preempted", "completed", "failed"].map((s) =>
+      ...["running", "waiting", "pending", "preempted", "parked", "completed", "failed"].map((s) =>
         el("span", {}, el("b", {}, w[s]), " " + s)),
       el("span", {}, "p50 ", el("b", {}, fmtDur(w.duration_p50_s) || "–")),
       el("span", {}, "p95 ", el("b", {}, fmtDur(w.duration_p95_s) || "–"))))));

@@ -1,0 +1,52 @@
+"""Tamper evidence: each run event carries a hash chained to the previous event of its run.
+
+The hash covers what is stored, not the decoded event: the event's JSON payload as the mapper
+writes it (with its `class_version`, without the hash itself), plus its topic, run id and
+version. So an upcast in a later release, which changes the decoded shape but not the stored
+bytes, leaves every hash valid; and a payload moved to another version or another run no
+longer matches. `prev_hash` is inside the payload, which is what chains the events.
+
+The hash is computed when the aggregate triggers the event (pure: no clock, no I/O), and
+checked by `engine.verify` from the raw rows. Without a key it proves consistency, not
+authorship; `docs/audit.md` says what it can and cannot show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.utils import get_topic
+from pydantic import BaseModel
+
+_NOT_HASHED = {"originator_id", "originator_version", "hash"}
+
+
+def content_digest(topic: str, run_id: UUID | str, version: int, payload: dict[str, Any]) -> str:
+    """sha256 of the canonical form of one stored event (`payload` without its `hash`).
+
+    Canonical: orjson with sorted keys, over the JSON the store holds. orjson writes datetimes,
+    UUIDs and floats the same way whether given the Python values or the strings it wrote.
+    """
+    doc = {"topic": topic, "run_id": str(run_id), "version": version, "event": payload}
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def event_digest(event: BaseModel) -> str:
+    """The hash of an event about to be stored, as `engine.codec.PydanticMapper` stores it."""
+    payload = event.model_dump(exclude=_NOT_HASHED)
+    class_version = getattr(type(event), "class_version", 1)
+    if class_version > 1:
+        payload["class_version"] = class_version
+    return content_digest(
+        get_topic(type(event)),
+        event.originator_id,  # type: ignore[attr-defined]
+        event.originator_version,  # type: ignore[attr-defined]
+        payload,
+    )
+
+
+SEAL = "<seal>"
+"""Given as an event's `hash` when it is triggered: the event replaces it by its own digest."""

@@ -1,0 +1,75 @@
+"""The workflows behind the golden logs. Keep them replayable: golden runs are checked
+against them (`check_history`) in every later release."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import NonRetryableError, Preempted, RetryPolicy, step, step_context, workflow
+
+try:  # releases before patch markers wrote the older golden logs with this same module
+    from engine import patched
+except ImportError:  # pragma: no cover - only when regenerating an old release's log
+    patched = None  # type: ignore[assignment]
+try:
+    from engine.durable import sleep
+except ImportError:  # pragma: no cover - releases before durable sleep
+    sleep = None  # type: ignore[assignment]
+
+FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.0, jitter=0.0)
+FLAGS = {"flaky_failures": 0, "preempt": False, "broken": False}
+
+
+@step
+def count(n: int) -> int:
+    ctx = step_context()
+    start = ctx.last_checkpoint or 0
+    for i in range(start, n):
+        ctx.checkpoint(i + 1, done=i + 1, total=n)
+        if FLAGS["preempt"] and i == 1:
+            FLAGS["preempt"] = False
+            raise Preempted("golden: stopped in a checkpointed step")
+    return n
+
+
+@step(retry=FAST)
+def flaky(tag: str) -> str:
+    if FLAGS["flaky_failures"]:
+        FLAGS["flaky_failures"] -= 1
+        raise ConnectionError(f"golden: {tag} failed once")
+    return f"{tag} ok"
+
+
+@step
+def check(n: int) -> int:
+    if FLAGS["broken"]:
+        raise NonRetryableError("golden: check is broken")
+    return n * 2
+
+
+@workflow("golden-basic")
+def basic(n: int) -> dict[str, Any]:
+    counted = count(n)
+    return {"counted": counted, "flaky": flaky("basic"), "checked": check(counted)}
+
+
+@workflow("golden-patched")
+def with_patch(n: int) -> dict[str, Any]:
+    counted = count(n)
+    extra = flaky("patched") if patched is not None and patched("golden-extra") else None
+    return {"counted": counted, "extra": extra}
+
+
+@workflow("golden-basic")
+def basic_reordered(n: int) -> dict[str, Any]:
+    """A changed body, to park a golden run: asks for flaky before count."""
+    tag = flaky("basic")
+    return {"counted": count(n), "flaky": tag, "checked": check(n)}
+
+
+@workflow("golden-sleep")
+def with_sleep(n: int) -> int:
+    first = count(n)
+    if sleep is not None:
+        sleep(0.01)
+    return first + count(n + 1)
