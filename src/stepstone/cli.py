@@ -27,6 +27,7 @@ from engine import (
     signals_request_preemption,
 )
 from stepstone import output
+from stepstone.chaos_cli import chaos
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
@@ -237,3 +238,4 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 main.add_command(projections)
 main.add_command(worker)
+main.add_command(chaos)
