@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import billing
 import kitwf
 import pytest
 
@@ -205,3 +206,19 @@ def test_replay_history_accepts_the_same_code_and_names_a_divergence() -> None:
         halted = h.run(arithmetic, {"n": 5}, fault=Fault.halt(step="double"))
         report = replay_history(h.engine, halted.run_id, arithmetic)
         assert (report.steps_replayed, report.stopped_at) == (1, "double#0")
+
+
+# -- the example of docs/operations.md ----------------------------------------------------
+def test_the_documented_example(tmp_path: Path) -> None:
+    with IdempotencyLedger(tmp_path / "ledger.db") as ledger, WorkflowHarness() as h:
+        inputs = {"ledger": ledger.path, "customers": ["a", "b", "c"]}
+        first = h.run(billing.bill, inputs, fault=Fault.crash(step=2, when="end"))
+        assert first.interrupted
+
+        done = h.resume(first.run_id)
+        assert done.status is RunStatus.COMPLETED
+        assert h.attempts(first.run_id) == {"charge#0": 1, "charge#1": 2, "charge#2": 1}
+        ledger.assert_each_effect_once()
+        replay_history(h.engine, first.run_id)
+        assert ledger.retried() == {f"{first.run_id}/charge#1": 2}
+        assert done.output == ["a", "b", "c"]
