@@ -73,7 +73,8 @@ class Kill:
     """From the signal to the first event the next process wrote (None: none before the
     next kill, or the kill did not land)."""
     note: str = ""
-    _version: int = field(default=0, repr=False)
+    version: int = 0
+    """The run's version once the signalled process had exited."""
 
 
 @dataclass
@@ -101,8 +102,6 @@ class ChaosReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for kill in data["kills"]:
-            kill.pop("_version")
         data["matched"] = self.matched
         data["kills_landed"] = self.landed
         return data
@@ -206,7 +205,13 @@ def _interrupt(engine: Engine, children: _Children, store: str, key: str, run_id
     """Start a child, let it write, wait the kill's delay, signal it; True if the run ended."""
     before = _version(engine, run_id)
     proc = children.spawn(store, key, work)
+    deadline = time.monotonic() + children.timeout_s
     while _version(engine, run_id) <= before and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise ChaosError(f"a run process wrote nothing in {children.timeout_s:.0f}s "
+                             f"({children.tail()})")
         time.sleep(0.005)
     time.sleep(kill.delay_s)
     if proc.poll() is None:
@@ -217,7 +222,7 @@ def _interrupt(engine: Engine, children: _Children, store: str, key: str, run_id
     expected = -signal.SIGKILL if kill.signal == "SIGKILL" else EXIT_PREEMPTED
     kill.landed = kill.sent_at is not None and rc == expected
     info = engine.status(run_id)
-    kill._version = info.version
+    kill.version = info.version
     kill.step = info.current_step
     if not kill.landed:
         if rc not in (0, 1, expected):
@@ -234,6 +239,6 @@ def _read_back(history: list[HistoryEntry], report: ChaosReport) -> None:
     for i, kill in enumerate(landed):
         assert kill.sent_at is not None
         nxt = landed[i + 1].sent_at if i + 1 < len(landed) else None
-        first = next((e for e in history if e.version > kill._version), None)
+        first = next((e for e in history if e.version > kill.version), None)
         if first is not None and (nxt is None or first.timestamp < nxt):
             kill.resume_s = round((first.timestamp - kill.sent_at).total_seconds(), 4)

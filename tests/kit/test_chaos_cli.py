@@ -9,25 +9,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from stepstone.chaos import kill_plan
+from stepstone.chaos import ChaosReport, Kill, kill_plan
+from stepstone.chaos_cli import show
 
 KIT_DIR = Path(__file__).parent
 
 
-def chaos(tmp_path: Path, reference: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Run the command as a user would, from a directory where the workflow module is not."""
+def stepstone(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run as a user would, from a directory where the workflow module is not."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KIT_DIR), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-m", "stepstone", "chaos", reference, "--json", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280, check=False,
-    )
+    return subprocess.run([sys.executable, "-m", "stepstone", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=280, check=False)
+
+
+def chaos(tmp_path: Path, reference: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    done = stepstone(tmp_path, "chaos", reference, "--json", *args)
     report = orjson.loads(done.stdout) if done.stdout.strip() else {}
     return done.returncode, report, done.stderr
 
@@ -113,17 +117,35 @@ def test_chaos_fails_a_non_idempotent_workflow_with_the_same_plan_each_time(
 
 
 def test_usage_errors_exit_2_before_anything_runs(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KIT_DIR), env.get("PYTHONPATH")]))
-    bad = subprocess.run(
-        [sys.executable, "-m", "stepstone", "chaos", "chaoswf:append", "--input", "[1]"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
+    bad = stepstone(tmp_path, "chaos", "chaoswf:append", "--input", "[1]")
     assert bad.returncode == 2
     assert "--input must be a JSON object" in bad.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "stepstone", "chaos", "chaoswf:nothing"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing was written
+    missing = stepstone(tmp_path, "chaos", "chaoswf:nothing")
     assert missing.returncode == 2
     assert "has no attribute 'nothing'" in missing.stderr
+
+
+def test_text_report_reads_as_the_docs_describe(capsys: pytest.CaptureFixture[str]) -> None:
+    report = ChaosReport(
+        workflow="lines:append", input={}, seed=5, plan=kill_plan(5, 3),
+        reference_duration_s=0.8, run_id=uuid.uuid4(), store="sqlite:///chaos.db",
+        repeated_steps={"append_line#5": 2}, status="completed", output=[1, 3],
+        reference_output=[1, 2],
+        kills=[
+            Kill(1, "SIGKILL", 0.185, landed=True, exit_code=-9, step="append_line#5",
+                 resume_s=1.5),
+            Kill(2, "SIGTERM", 0.171, landed=True, exit_code=75, resume_s=1.2),
+            Kill(3, "SIGKILL", 0.1, note="not sent: the run had already finished"),
+        ],
+    )
+    show(report)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == ("kill 1: SIGKILL after 0.185s: killed in step append_line#5; "
+                        "resumed in 1.500s")
+    assert lines[3] == "kill 2: SIGTERM after 0.171s: preempted between steps; resumed in 1.200s"
+    assert lines[4] == "kill 3: SIGKILL after 0.100s: not sent: the run had already finished"
+    assert "kills that landed: 2 of 3" in lines
+    assert "append_line#5 x2" in lines[6]
+    assert "DIFFERS" in lines[7]
+    assert report.to_dict()["matched"] is False

@@ -13,7 +13,6 @@ import copy
 import functools
 import os
 import signal
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,7 +99,6 @@ class FaultInjector:
         self.fault = fault
         self.token = token
         self.fired = False
-        self.executions: Counter[str] = Counter()
         self._ordinal = 0
         self._checkpoints = 0
         self._targets: set[str] = set()  # keys whose execution in flight matches `step`
@@ -128,7 +126,6 @@ class FaultInjector:
 
     def step_starts(self, key: str) -> None:
         self._ordinal += 1
-        self.executions[key] += 1
         self._targets.discard(key)
         if not self._armed() or not self._step_matches(key, self._ordinal):
             return
