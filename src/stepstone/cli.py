@@ -27,6 +27,7 @@ from engine import (
     signals_request_preemption,
 )
 from stepstone import audit_cli, output
+from stepstone.chaos_cli import chaos
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
@@ -255,3 +256,4 @@ main.add_command(audit_cli.export)
 main.add_command(audit_cli.replay)
 main.add_command(audit_cli.fork)
 main.add_command(audit_cli.verify)
+main.add_command(chaos)
