@@ -241,7 +241,9 @@ def takeover_latency(url: str, args: argparse.Namespace, tmp: Path) -> list[floa
             log = tmp / f"{name}.log"
             proc = spawn([sys.executable, "-m", "stepstone", "worker", "--db", store_url,
                           "--import", "bench_workflows", *flags], log,
-                         {"STEPSTONE_WORKER_ID": name})
+                         # Killing the same run's worker again and again is the point here:
+                         # no crash-loop parking.
+                         {"STEPSTONE_WORKER_ID": name, "STEPSTONE_MAX_TAKEOVERS": "1000000"})
             wait_for_line(log, "started")
             return name, proc
 

@@ -102,7 +102,7 @@ class Worker:
         engine.keeper  # noqa: B018 - start heartbeats before the first claim
         listener = _start_listener(self)
         log.info(
-            "worker %s started: %d slots, queues %s, lease %.0fs, heartbeat %.0fs",
+            "worker %s started: %d slots, queues %s, lease %gs, heartbeat %gs",
             self.worker_id, self.concurrency, ",".join(self.queues or ["(all)"]),
             engine.settings.lease_duration_s, engine.settings.heartbeat_interval_s,
         )
