@@ -38,23 +38,30 @@ class Tracer:
 
     def __init__(self) -> None:
         self._tracer: Any = None
+        self._unset: tuple[type, ...] = ()
         if _AVAILABLE:
             from opentelemetry import trace
 
             self._trace = trace
             self._tracer = trace.get_tracer("stepstone")
+            # The API installed without a provider configured: spans would record nothing
+            # and still cost ~10 us each, so the engine makes none.
+            self._unset = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
     @property
     def enabled(self) -> bool:
-        return self._tracer is not None
+        """Whether spans are made now: the package is there and a provider is configured."""
+        return self._tracer is not None and not isinstance(
+            self._trace.get_tracer_provider(), self._unset
+        )
 
     def run_span(self, attributes: dict[str, Any], name: str) -> AbstractContextManager[Any]:
-        if self._tracer is None:
+        if not self.enabled:
             return nullcontext(_NO_SPAN)
         return self._span(name, attributes)
 
     def step_span(self, attributes: dict[str, Any], name: str) -> AbstractContextManager[Any]:
-        if self._tracer is None:
+        if not self.enabled:
             return nullcontext(_NO_SPAN)
         return self._span(name, attributes)
 
@@ -68,12 +75,12 @@ class Tracer:
 
     def event(self, name: str, attributes: dict[str, Any]) -> None:
         """A span event on the current span (a checkpoint, a preemption)."""
-        if self._tracer is None:
+        if not self.enabled:
             return
         self._trace.get_current_span().add_event(name, attributes)
 
     def outcome(self, span: Any, outcome: str, error: BaseException | None = None) -> None:
-        if self._tracer is None:
+        if span is _NO_SPAN:
             return
         span.set_attribute("stepstone.outcome", outcome)
         if error is not None:
