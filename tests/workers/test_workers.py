@@ -173,9 +173,14 @@ def test_sigterm_drains_and_another_worker_resumes_from_the_checkpoint(
 
 
 def test_zombie_worker_is_fenced_after_its_lease_is_taken_over(
-    store_url: str, tmp_path: Path
+    pg_schema: str, tmp_path: Path
 ) -> None:
-    """SIGSTOP a worker past its lease; another takes the run; SIGCONT: the first writes nothing."""
+    """SIGSTOP a worker past its lease; another takes the run; SIGCONT: the first writes nothing.
+
+    PostgreSQL only: on SQLite a process paused inside a write transaction keeps the file's
+    write lock, so no other process can write until it resumes (docs/workers.md, "SQLite").
+    """
+    store_url = pg_schema
     db = ledger_url(store_url, tmp_path)
     with engine_for(store_url) as engine:
         run_id = engine.start(workerwf.long_units, {"db": db, "tag": "zombie", "count": 120,
