@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -32,20 +33,22 @@ class StoreReadError(Exception):
         super().__init__(reason)
 
 
-class ReadOnlyStore:
+class ReadOnlyStore(ABC):
     """Runs read queries written with `?` placeholders on either backend."""
 
     is_sqlite: bool
 
+    @abstractmethod
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        raise NotImplementedError
+        """The rows of one read query."""
 
+    @abstractmethod
     def qualify(self, table: str) -> str:
         """The table's name as SQL, in the store's schema on PostgreSQL."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection(s)."""
 
 
 class SQLiteReadOnlyStore(ReadOnlyStore):
