@@ -128,14 +128,20 @@ class RunStore(Application[UUID]):
 
     def started(self, batch: int = 1000) -> Iterator[RunStarted]:
         """The `RunStarted` event of every run, in the order the runs were started."""
+        return (event for _, event in self.started_after(0, batch))
+
+    def started_after(
+        self, position: int, batch: int = 1000
+    ) -> Iterator[tuple[int, RunStarted]]:
+        """The `RunStarted` events past global `position`, each with its own position."""
         topic = get_topic(RunStarted)
-        start: int | None = None
+        start: int | None = position or None
         while True:
             notes = self.recorder.select_notifications(
                 start, batch, topics=[topic], inclusive_of_start=False
             )
             for note in notes:
-                yield cast(RunStarted, self.mapper.to_domain_event(note))
+                yield note.id, cast(RunStarted, self.mapper.to_domain_event(note))
             if len(notes) < batch:
                 return
             start = notes[-1].id

@@ -28,7 +28,7 @@ from engine.errors import (
     StoreUnavailableError,
     WorkflowNotFoundError,
 )
-from engine.events import ResumeReason, RunStarted
+from engine.events import ResumeReason
 from engine.leases import PARKED, READY, Claim, queue_scope
 from engine.logcontext import bound, get_logger
 from engine.metrics import WorkerMetrics
@@ -282,33 +282,13 @@ class Worker:
             return 0
         rows: list[tuple[UUID, str, str]] = []
         position = start
-        for pos, started in _started_after(self.engine, start):
+        for pos, started in store.started_after(start):
             rows.append((started.originator_id, started.workflow, started.queue))
             position = pos
         added = leases.restore(rows, max(position, head))
         if added:
             log.warning("restored %d runs missing from the runnable index", added)
         return added
-
-
-def _started_after(engine: Engine, start: int) -> list[tuple[int, RunStarted]]:
-    from eventsourcing.utils import get_topic
-
-    store = engine.store
-    out: list[tuple[int, RunStarted]] = []
-    topic = get_topic(RunStarted)
-    position: int | None = start or None
-    while True:
-        notes = store.recorder.select_notifications(
-            position, 1000, topics=[topic], inclusive_of_start=False
-        )
-        for note in notes:
-            event = store.mapper.to_domain_event(note)
-            assert isinstance(event, RunStarted)
-            out.append((note.id, event))
-        if len(notes) < 1000:
-            return out
-        position = notes[-1].id
 
 
 class _Listener:
