@@ -13,6 +13,7 @@ from engine.durable import gather, sleep
 from engine.engine import Engine, load_workflow, run_id_for_key
 from engine.errors import (
     ConfigurationError,
+    DamagedLogError,
     EngineError,
     IdempotencyConflictError,
     InvalidInputError,
@@ -25,6 +26,7 @@ from engine.errors import (
     RunNotFoundError,
     RunParkedError,
     StoreUnavailableError,
+    StoreWriteError,
     UnknownEventError,
     WorkflowFailedError,
     WorkflowNotFoundError,
@@ -40,6 +42,7 @@ __all__ = [
     "NO_RETRY",
     "CheckResult",
     "ConfigurationError",
+    "DamagedLogError",
     "Engine",
     "EngineError",
     "HistoryEntry",
@@ -67,6 +70,7 @@ __all__ = [
     "StepFailedError",
     "StepStatus",
     "StoreUnavailableError",
+    "StoreWriteError",
     "UnknownEventError",
     "Workflow",
     "WorkflowFailedError",

@@ -15,7 +15,7 @@ from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ValidationError
 
-from engine.errors import UnknownEventError
+from engine.errors import DamagedLogError, UnknownEventError
 
 _ID_FIELDS = {"originator_id", "originator_version"}
 
@@ -50,13 +50,22 @@ class PydanticMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        """Decode one stored event, upcasting it from an older class version.
+
+        `UnknownEventError` (upgrade Stepstone) only when the event is really from a newer
+        release: a type of this package's vocabulary that this release lacks, or a class
+        version above this release's. Anything else that does not decode is damage to the
+        log (`DamagedLogError`), which no upgrade fixes.
+        """
         topic = stored_event.topic
         run_id = stored_event.originator_id
         version = stored_event.originator_version
         try:
             cls = resolve_topic(topic)
         except TopicError as e:
-            raise UnknownEventError(topic, run_id, version, "no such event type") from e
+            if topic.startswith(_OUR_EVENTS):
+                raise UnknownEventError(topic, run_id, version, "no such event type") from e
+            raise DamagedLogError(run_id, version, None, f"unknown event type {topic!r}") from e
         data = stored_event.state
         try:
             if self.cipher:
@@ -65,11 +74,24 @@ class PydanticMapper(Mapper[UUID]):
                 data = self.compressor.decompress(data)
             state: dict[str, Any] = self.transcoder.decode(data)
             from_version = state.pop("class_version", 1)
-            while from_version < getattr(cls, "class_version", 1):
+            known = getattr(cls, "class_version", 1)
+            if isinstance(from_version, int) and from_version > known:
+                raise UnknownEventError(
+                    topic, run_id, version,
+                    f"stored as class version {from_version}; this release knows {known}",
+                )
+            while from_version < known:
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
                 from_version += 1
             state["originator_id"] = run_id
             state["originator_version"] = version
             return cls.model_validate(state)
         except (orjson.JSONDecodeError, ValidationError, AttributeError, TypeError) as e:
-            raise UnknownEventError(topic, run_id, version, str(e).splitlines()[0]) from e
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DamagedLogError(
+                run_id, version, None, f"its {topic.rpartition(':')[2]} payload does not "
+                f"decode ({reason})",
+            ) from e
+
+
+_OUR_EVENTS = "engine.events:"

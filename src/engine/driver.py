@@ -23,10 +23,9 @@ from engine.definitions import JsonCodec, Step, StepCall, Workflow
 from engine.errors import (
     ConfigurationError,
     EngineError,
-    LeaseLostError,
     NonDeterminismError,
     OutputEncodingError,
-    RunConflictError,
+    StoreUnavailableError,
 )
 from engine.logcontext import get_logger
 from engine.observe import log_events
@@ -58,7 +57,24 @@ class _Checkpoint:
 
 
 class _Abandon(BaseException):
-    """Unwinds everything, writing nothing more: the run is no longer this worker's to write."""
+    """Unwinds everything, writing nothing more from this in-memory run.
+
+    Raised when the run is no longer this worker's to write (a conflict, a lost lease) and
+    when a save failed or may have failed (a store fault): the aggregate has applied events
+    the log may not hold, so any later write from it would leave a hole in the run's
+    versions. The next drive reloads the run from the log. A BaseException, so step and
+    workflow code that catches `Exception` cannot record it as its own failure.
+    """
+
+    def __init__(self, error: EngineError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+class _Halt(BaseException):
+    """Unwinds user code for an engine error that leaves the run consistent (an unencodable
+    checkpoint or return value): what is recorded so far is saved, the run stays resumable,
+    and the error reaches the caller instead of being recorded as the step's failure."""
 
     def __init__(self, error: EngineError) -> None:
         self.error = error
@@ -137,6 +153,8 @@ class RunDriver:
     # -- recording ------------------------------------------------------------------------
     def _record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
         with self._lock:
+            if self._abandoned is not None:
+                raise _Abandon(self._abandoned)
             self.run.record(
                 event_class, timestamp=self.clock(), worker_id=self.worker_id, **fields
             )
@@ -150,10 +168,17 @@ class RunDriver:
                 if self.lease_check is not None:
                     self.lease_check()
                 self.saver(self.run)
-            except (RunConflictError, LeaseLostError) as e:
-                # The fence: another worker owns the run now. Write nothing more, anywhere.
+            except EngineError as e:
+                # A conflict or a lost lease is the fence: another worker owns the run now. A
+                # store fault leaves the outcome unknown, and the aggregate holds events the
+                # log may lack. Either way nothing more is written from this copy.
                 self._abandoned = e
                 raise _Abandon(e) from e
+            except Exception as e:  # an error outside the engine's root: the same rule
+                self._abandoned = StoreUnavailableError(
+                    self.store.location.display, f"{type(e).__name__}: {e}"
+                )
+                raise _Abandon(self._abandoned) from e
             for observer in self.observers:
                 try:
                     observer(self.run, events)
@@ -164,14 +189,18 @@ class RunDriver:
     def drive(self) -> RunResult:
         """Run the workflow body until the run ends, is preempted, or (worker) must wait.
 
-        Raises `RunConflictError`/`LeaseLostError` when another worker took the run over, and
-        `NonDeterminismError` when the body no longer matches the history; neither writes.
+        Raises `RunConflictError`/`LeaseLostError` when another worker took the run over,
+        `StoreUnavailableError` when a save failed or may have failed (nothing more is written
+        from this copy of the run: resume reloads it from the log), and `NonDeterminismError`
+        when the body no longer matches the history; none of them writes.
         """
         try:
             return self._drive()
         except _Abandon as a:
             log.warning("run %s abandoned: %s", self.run.id, a.error)
             raise a.error from None
+        except _Halt as h:
+            raise h.error from None
 
     def _drive(self) -> RunResult:
         run = self.run
@@ -217,9 +246,10 @@ class RunDriver:
             return RunResult.of(run, resume_at=s.due)
         except NonDeterminismError:
             raise  # before any write: the log stays exactly as it was
-        except (OutputEncodingError, ConfigurationError):
+        except (OutputEncodingError, ConfigurationError, _Halt):
             # The engine could not record something (an unencodable value, a bad annotation):
             # keep what is valid, leave the run resumable once the code is fixed.
+            self._flush_checkpoints()
             self._save()
             raise
         except StepFailedError as e:
@@ -347,7 +377,10 @@ class RunDriver:
                 span_cm.__exit__(None, None, None)
                 current_step.reset(reset)
             self._pending_checkpoints.pop(key, None)  # completion supersedes a throttled one
-            encoded = step.codec.encode(value)
+            try:
+                encoded = step.codec.encode(value)
+            except EngineError as e:  # past user code that could catch it as its own
+                raise _Halt(e) from e
             self._record(
                 ev.StepCompleted,
                 step_key=key,
@@ -442,7 +475,10 @@ class RunDriver:
         return self.token.requested
 
     def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
-        encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
+        try:
+            encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
+        except EngineError as e:  # not the step's failure: the run stays resumable
+            raise _Halt(e) from e
         ctx.checkpoint_sequence += 1
         ctx.last_checkpoint = encoded
         now = time.monotonic()

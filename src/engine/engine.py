@@ -7,7 +7,7 @@ import importlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,14 +18,15 @@ from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
     ConfigurationError,
+    DamagedLogError,
     EngineError,
     IdempotencyConflictError,
-    LeaseLostError,
     NonDeterminismError,
     RunConflictError,
     RunLeasedError,
     RunNotFinishedError,
     StoreUnavailableError,
+    UnknownEventError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
@@ -241,55 +242,77 @@ class Engine:
 
         The lease is kept alive while the run is driven and handed back afterwards: finished,
         due again now (preempted), due at a later time (waiting), or parked (diverged).
+
+        A save that fails (or may have failed) ends that drive: nothing more is written from
+        its copy of the run. For up to `settings.store_retry_s` the run is then reloaded from
+        the log and driven again, with backoff, under the same lease; past that, or once
+        preemption is requested, `StoreUnavailableError` is raised with the progress saved.
         """
         keeper = self.keeper
         keeper.hold(run_id, since=since)
-        owner = self.settings.worker_id
+        faults = _StoreFaults(self.settings.store_retry_s, self.token)
         try:
-            run = self.store.load(run_id)
-            if run.status.is_terminal:
-                self._release(run_id, state=DONE)
-                return RunResult.of(run)
-            definition = self._definition_for(run)
-            if definition.version != run.state.workflow_version:
-                log.warning(
-                    "run %s was started by %s version %d; the code now says version %d",
-                    run.id, definition.name, run.state.workflow_version, definition.version,
-                )
-            driver = RunDriver(
-                self.store,
-                run,
-                definition,
-                worker_id=owner,
-                token=self.token,
-                checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
-                lease_check=lambda: keeper.check(run_id),
-                suspend_after_s=suspend_after_s,
-                resume_reason=resume_reason,
-                saver=self.group_commit.save_run,
-                observers=tuple(self.observers),
-            )
-            try:
-                result = driver.drive()
-            except NonDeterminismError as e:
-                # Audit (docs/audit.md): record RunParked, so the status shows everywhere, then
-                # hand the lease back as parked.
-                parked = park(self.store, e, worker_id=owner, clock=utc_now)
-                self._release(run_id, state=PARKED, note=str(parked))
-                raise parked from e
-            except (RunConflictError, LeaseLostError):
-                self._release(run_id, state=READY)  # only if still ours: due again at once
-                raise
-            except BaseException:
-                self._release(run_id, state=READY)
-                raise
-            if result.status.is_terminal:
-                self._release(run_id, state=DONE)
-            else:
-                self._release(run_id, state=READY, at=result.resume_at)
-            return result
+            while True:
+                try:
+                    return self._drive_once(run_id, keeper, resume_reason, suspend_after_s)
+                except StoreUnavailableError as e:
+                    if not faults.retry(run_id, e):
+                        self._release(run_id, state=READY, at=faults.due_again())
+                        raise
+                    resume_reason = ResumeReason.STORE_FAULT
         finally:
             keeper.drop(run_id)
+
+    def _drive_once(
+        self,
+        run_id: UUID,
+        keeper: LeaseKeeper,
+        resume_reason: ResumeReason | None,
+        suspend_after_s: float | None,
+    ) -> RunResult:
+        """One drive from a fresh load; a store fault propagates with the lease still held."""
+        owner = self.settings.worker_id
+        run = self.store.load(run_id)
+        if run.status.is_terminal:
+            self._release(run_id, state=DONE)
+            return RunResult.of(run)
+        definition = self._definition_for(run)
+        if definition.version != run.state.workflow_version:
+            log.warning(
+                "run %s was started by %s version %d; the code now says version %d",
+                run.id, definition.name, run.state.workflow_version, definition.version,
+            )
+        driver = RunDriver(
+            self.store,
+            run,
+            definition,
+            worker_id=owner,
+            token=self.token,
+            checkpoint_min_interval_s=self.settings.checkpoint_min_interval_s,
+            lease_check=lambda: keeper.check(run_id),
+            suspend_after_s=suspend_after_s,
+            resume_reason=resume_reason,
+            saver=self.group_commit.save_run,
+            observers=tuple(self.observers),
+        )
+        try:
+            result = driver.drive()
+        except NonDeterminismError as e:
+            # Audit (docs/audit.md): record RunParked, so the status shows everywhere, then
+            # hand the lease back as parked.
+            parked = park(self.store, e, worker_id=owner, clock=utc_now)
+            self._release(run_id, state=PARKED, note=str(parked))
+            raise parked from e
+        except StoreUnavailableError:
+            raise  # the caller retries from the log, or hands the run back
+        except BaseException:
+            self._release(run_id, state=READY)  # only if still ours: due again at once
+            raise
+        if result.status.is_terminal:
+            self._release(run_id, state=DONE)
+        else:
+            self._release(run_id, state=READY, at=result.resume_at)
+        return result
 
     def _release(
         self, run_id: UUID, *, state: str, at: datetime | None = None, note: str | None = None
@@ -348,7 +371,16 @@ class Engine:
         ids = [started.originator_id for started in self.store.started()]
         if limit is not None:
             ids = ids[-limit:]
-        return [RunInfo.of(self.store.load(run_id)) for run_id in ids]
+        return [RunInfo.of(run) for run in map(self._readable, ids) if run is not None]
+
+    def _readable(self, run_id: UUID) -> WorkflowRun | None:
+        """The run, or None with a warning if its log is damaged: one bad run must not make
+        every listing of the store fail."""
+        try:
+            return self.store.load(run_id)
+        except (DamagedLogError, UnknownEventError) as e:
+            log.warning("skipping run %s: %s", run_id, e)
+            return None
 
     def unfinished_runs(
         self, workflow: Workflow[..., Any], input: Mapping[str, Any] | None = None
@@ -360,7 +392,8 @@ class Engine:
             for started in self.store.started()
             if started.workflow == workflow.name
             and started.input_digest == digest
-            and not self.store.load(started.originator_id).status.is_terminal
+            and (run := self._readable(started.originator_id)) is not None
+            and not run.status.is_terminal
         ]
 
     # -- workflows ------------------------------------------------------------------------
@@ -376,6 +409,35 @@ class Engine:
             )
         self._workflows[name] = wf
         return wf
+
+
+class _StoreFaults:
+    """The retry budget of one drive for store faults: exponential backoff from 0.2 s to 5 s,
+    for `budget_s` from the first fault, cut short by a preemption request."""
+
+    def __init__(self, budget_s: float, token: PreemptionToken) -> None:
+        self.budget_s = budget_s
+        self.token = token
+        self.first: float | None = None
+        self.delay_s = 0.0
+
+    def retry(self, run_id: UUID, error: StoreUnavailableError) -> bool:
+        """Wait before the next try and say True, or say False: give up."""
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        self.delay_s = min(max(self.delay_s * 2, 0.2), 5.0)
+        if self.token.requested or now + self.delay_s - self.first > self.budget_s:
+            return False
+        log.warning(
+            "run %s: a save failed or may have failed (%s); nothing more is written from "
+            "that copy. Reloading it from the log in %.1fs", run_id, error.reason, self.delay_s,
+        )
+        return not self.token.wait(self.delay_s)
+
+    def due_again(self) -> datetime:
+        """When a worker should try the run again: after one more backoff, never at once."""
+        return utc_now() + timedelta(seconds=max(self.delay_s, 1.0))
 
 
 def input_digest(recorded_input: Mapping[str, Any]) -> str:

@@ -25,6 +25,39 @@ class StoreUnavailableError(EngineError):
         )
 
 
+class StoreWriteError(StoreUnavailableError):
+    """A save failed, or may have failed (the connection dropped during the commit).
+
+    The run's in-memory state is then ahead of what the log may hold, so nothing more is
+    written from it; the run is reloaded from the log, where its progress up to the last
+    successful save is kept.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.args = (
+            f"could not write to the event store at {url}: {reason}. The run's progress up to "
+            "its last successful save is kept in the log; nothing after it was written.",
+        )
+
+
+class DamagedLogError(EngineError):
+    """A run's stored events cannot be replayed: a version is missing, or an event's payload
+    is not what this release wrote. Never a silent skip: the run is not driven further."""
+
+    def __init__(self, run_id: UUID | str, version: int, position: int | None, what: str) -> None:
+        self.run_id = run_id
+        self.version = version
+        self.position = position
+        self.what = what
+        where = f"version {version}" + (f" (log position {position})" if position else "")
+        super().__init__(
+            f"the log of run {run_id} is damaged at {where}: {what}. Nothing was written. "
+            f"`stepstone verify {run_id}` checks the run's hash chain and names the first bad "
+            "event; restore the store from a backup to drive the run again"
+        )
+
+
 class WorkflowNotFoundError(EngineError):
     """A workflow reference does not name a workflow the engine can load."""
 
@@ -133,8 +166,8 @@ class LeaseLostError(EngineError):
     def __init__(self, run_id: UUID, detail: str) -> None:
         self.run_id = run_id
         super().__init__(
-            f"run {run_id}: this worker no longer holds its lease ({detail}); it stopped "
-            "without writing. Another worker resumes the run from its log"
+            f"run {run_id}: this process no longer holds the run's lease ({detail}), so it "
+            "stopped without writing more; the progress saved before is kept"
         )
 
 

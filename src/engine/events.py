@@ -31,6 +31,7 @@ class ResumeReason(StrEnum):
     AFTER_PARKING = "after_parking"  # audit: compatible code is back for a parked run
     TIMER_DUE = "timer_due"
     LEASE_EXPIRED = "lease_expired"
+    STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
 
 
 class RunEvent(BaseModel, CanMutateAggregate[UUID]):

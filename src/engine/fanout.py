@@ -21,6 +21,7 @@ from engine.driver import (
     RunDriver,
     StepFailedError,
     _Abandon,
+    _Halt,
     _replayed,
     _Suspend,
 )
@@ -113,9 +114,10 @@ def gather_branches(
 
 
 # Which branch error a fan-out raises when several branches stopped: the one that says the most
-# about the run's state wins (losing the run beats a divergence beats a stop beats a failure).
+# about the run's state wins (losing the run beats a divergence beats an engine error beats a
+# stop beats a failure).
 _SEVERITY: tuple[type[BaseException], ...] = (
-    _Abandon, NonDeterminismError, Preempted, _Suspend, StepFailedError,
+    _Abandon, NonDeterminismError, _Halt, Preempted, _Suspend, StepFailedError,
 )
 
 

@@ -22,7 +22,7 @@ from uuid import UUID
 from eventsourcing.domain import CanMutateAggregate
 
 from engine.aggregate import WorkflowRun
-from engine.errors import RunConflictError, StoreUnavailableError
+from engine.errors import RunConflictError
 from engine.store import RunStore
 
 
@@ -68,6 +68,12 @@ class GroupCommit:
             raise mine.error
 
     def _commit(self, batch: list[_Save]) -> None:
+        """Commit `batch`, giving every save of it an outcome; never raises.
+
+        Whatever fails, each save ends `done` with its own error or none, so no saver returns
+        as if its events were written when they were not (its run would then write the next
+        version over a hole).
+        """
         self.commits += 1
         self.saves += len(batch)
         try:
@@ -79,10 +85,11 @@ class GroupCommit:
                 for s in batch:
                     try:
                         self.store.save_events([(s.run, s.events)])
-                    except (RunConflictError, StoreUnavailableError) as e:
+                    except BaseException as e:
                         s.error = e
-        except BaseException as e:  # the store is unreachable: every save of it failed
+        except BaseException as e:  # the store failed: every save of the batch failed with it
             for s in batch:
                 s.error = e
-        for s in batch:
-            s.done = True
+        finally:
+            for s in batch:
+                s.done = True

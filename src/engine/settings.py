@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="on SIGTERM, how long a worker waits for its runs to reach a checkpoint "
         "before it exits anyway (their leases then expire and others take over)",
     )
+    store_retry_s: float = Field(
+        default=60.0, ge=0,
+        description="after a save fails (the database restarts, a connection drops, the disk "
+        "is full), how long a drive keeps reloading the run from its log and going on, with "
+        "backoff, before it gives up with the run's progress saved (0: give up at once)",
+    )
     max_takeovers: int = Field(
         default=5, ge=1,
         description="a run whose worker died this many times in a row is parked, not "

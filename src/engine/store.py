@@ -13,8 +13,8 @@ from typing import Any, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.application import Application
+from eventsourcing.domain import CanMutateAggregate, OriginatorVersionError
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
@@ -26,7 +26,14 @@ from eventsourcing.utils import Environment, EnvType, get_topic, retry
 
 from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
-from engine.errors import RunConflictError, RunNotFoundError, StoreUnavailableError
+from engine.errors import (
+    DamagedLogError,
+    RunConflictError,
+    RunNotFoundError,
+    StoreUnavailableError,
+    StoreWriteError,
+    UnknownEventError,
+)
 from engine.events import RunEvent, RunStarted
 from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
@@ -63,12 +70,76 @@ class RunStore(Application[UUID]):
         return Environment(name, dict(env or {}))
 
     def load(self, run_id: UUID, *, version: int | None = None) -> WorkflowRun:
+        """The run rebuilt from its latest usable snapshot and the events after it.
+
+        Events are read in pages, so a long run never sits in memory twice. A snapshot is
+        trusted only if it decodes and its chain hash is the hash of the stored event at its
+        version; otherwise it is ignored with a warning and the run loads from its events. A
+        version missing from the log, or an event that does not decode, is `DamagedLogError`.
+        """
         try:
-            run: WorkflowRun = self.repository.get(run_id, version=version)
-        except AggregateNotFoundError:
-            raise RunNotFoundError(run_id) from None
+            snapshot = self._latest_snapshot(run_id, version)
+            run = self._replay(run_id, snapshot, version) if snapshot is not None else None
+            if run is None:
+                run = self._replay(run_id, None, version)
+        except DamagedLogError as e:
+            if e.position is not None:
+                raise
+            raise DamagedLogError(
+                run_id, e.version, self._position_of(run_id, e.version), e.what
+            ) from e
         except _STORE_ERRORS as e:
             raise StoreUnavailableError(self.location.display, _reason(e)) from e
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    def _latest_snapshot(self, run_id: UUID, version: int | None) -> RunSnapshot | None:
+        if self.snapshots is None:
+            return None
+        try:
+            found = list(self.snapshots.get(run_id, desc=True, limit=1, lte=version))
+        except (DamagedLogError, UnknownEventError) as e:
+            log.warning("ignoring the snapshot of run %s (it does not decode: %s); loading "
+                        "the run from its events", run_id, e)
+            return None
+        return cast(RunSnapshot, found[0]) if found else None
+
+    def _replay(
+        self, run_id: UUID, snapshot: RunSnapshot | None, version: int | None
+    ) -> WorkflowRun | None:
+        """Fold the events after `snapshot` (all of them without one); None if the snapshot
+        does not match the log, or if the run has no events."""
+        run: WorkflowRun | None = None
+        anchor = 0
+        if snapshot is not None:
+            run = snapshot.mutate(None)
+            anchor = snapshot.originator_version
+        anchored = snapshot is None
+        gt = anchor - 1 if anchor else None  # the event at the snapshot's version is checked
+        while True:
+            page = cast(
+                list[RunEvent],
+                list(self.events.get(run_id, gt=gt, lte=version, limit=_LOAD_PAGE)),
+            )
+            for event in page:
+                if not anchored:
+                    assert run is not None
+                    if event.originator_version != anchor or event.hash != run.state.last_hash:
+                        break
+                    anchored = True
+                    continue
+                run = _apply(run_id, run, event)
+            else:
+                if len(page) == _LOAD_PAGE:
+                    gt = page[-1].originator_version
+                    continue
+            break
+        if not anchored:
+            log.warning("ignoring the snapshot of run %s at version %d: it does not match the "
+                        "stored event at that version; loading the run from its events",
+                        run_id, anchor)
+            return None
         return run
 
     def save_run(self, *runs: WorkflowRun) -> None:
@@ -92,7 +163,7 @@ class RunStore(Application[UUID]):
         except IntegrityError:
             raise RunConflictError(events[0].originator_id) from None
         except _STORE_ERRORS as e:
-            raise StoreUnavailableError(self.location.display, _reason(e)) from e
+            raise StoreWriteError(self.location.display, _reason(e)) from e
         if self.snapshots is not None:
             for run, _ in batch:
                 if run.version - run.snapshot_version >= self._snapshot_gap(run):
@@ -123,7 +194,11 @@ class RunStore(Application[UUID]):
             stored = StoredEvent(
                 originator_id=run_id, originator_version=version, topic=topic, state=bytes(state)
             )
-            out.append((position, cast(RunEvent, self.mapper.to_domain_event(stored))))
+            try:
+                event = self.mapper.to_domain_event(stored)
+            except DamagedLogError as e:
+                raise DamagedLogError(run_id, version, position, e.what) from e
+            out.append((position, cast(RunEvent, event)))
         return out
 
     def started(self, batch: int = 1000) -> Iterator[RunStarted]:
@@ -150,25 +225,57 @@ class RunStore(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
 
+    def _position_of(self, run_id: UUID, version: int) -> int | None:
+        """The log position of the run's first event at or after `version` (for messages)."""
+        try:
+            rows = _select_with_positions(self, run_id, from_version=version, limit=1)
+        except _STORE_ERRORS:
+            return None
+        return int(rows[0][0]) if rows else None
+
+
+_LOAD_PAGE = 5000
+
+
+def _apply(run_id: UUID, run: WorkflowRun | None, event: RunEvent) -> WorkflowRun:
+    """Fold one event, naming the damage when the log skips a version."""
+    expected = 1 if run is None else run.version + 1
+    if event.originator_version != expected:
+        raise DamagedLogError(
+            run_id, expected, None,
+            f"version {expected} is missing (the next stored event is version "
+            f"{event.originator_version})",
+        )
+    try:
+        return cast(WorkflowRun, event.mutate(run))
+    except OriginatorVersionError as e:  # the check above makes this unreachable
+        raise DamagedLogError(run_id, expected, None, str(e)) from e
+
+
 @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-def _select_with_positions(store: RunStore, run_id: UUID) -> Sequence[Sequence[Any]]:
+def _select_with_positions(
+    store: RunStore, run_id: UUID, *, from_version: int = 0, limit: int | None = None
+) -> Sequence[Sequence[Any]]:
     recorder: Any = store.recorder
+    tail = f" LIMIT {int(limit)}" if limit is not None else ""
     if store.location.kind == "sqlite":
         sql = (
             f"SELECT rowid, originator_version, topic, state FROM {recorder.events_table_name} "
-            "WHERE originator_id = ? ORDER BY originator_version"
+            "WHERE originator_id = ? AND originator_version >= ? ORDER BY originator_version"
+            + tail
         )
         with recorder.datastore.transaction(commit=False) as c:
-            c.execute(sql, (run_id.hex,))
+            c.execute(sql, (run_id.hex, from_version))
             return [tuple(row) for row in c.fetchall()]
     from psycopg.sql import SQL, Identifier
 
     query = SQL(
         "SELECT notification_id, originator_version, topic, state FROM {}.{} "
-        "WHERE originator_id = %s ORDER BY originator_version"
+        "WHERE originator_id = %s AND originator_version >= %s ORDER BY originator_version"
+        + tail
     ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
     with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(query, (run_id,))
+        curs.execute(query, (run_id, from_version))
         return [tuple(row.values()) for row in curs.fetchall()]
 
 

@@ -1,7 +1,9 @@
 """`stepstone`: run, resume and inspect durable workflows from a shell.
 
-Exit codes: 0 done, 1 the run failed, 2 bad input or usage (nothing written), 75 interrupted
-with progress saved (EX_TEMPFAIL: run the same command again to resume), 130 forced exit.
+Exit codes: 0 done, 1 the run failed, 2 bad input or usage (nothing written), 3 the run is
+parked (its code no longer replays its history), 75 interrupted with progress saved
+(EX_TEMPFAIL: a preemption, a store fault, a lost lease or a write conflict; run the same
+command again to resume), 130 forced exit.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import orjson
 from engine import (
     Engine,
     EngineError,
+    LeaseLostError,
+    RunConflictError,
+    RunParkedError,
     RunResult,
     RunStatus,
+    StoreUnavailableError,
     Workflow,
     load_workflow,
     signals_request_preemption,
@@ -31,6 +37,7 @@ from stepstone.chaos_cli import chaos
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
+    EXIT_PARKED,
     EXIT_PREEMPTED,
     TEXT_FORMAT,
     fail,
@@ -59,6 +66,11 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
     try:
         with signals_request_preemption(engine.token, on_first=notice):
             result = action()
+    except RunParkedError as e:
+        fail(str(e), EXIT_PARKED)
+    except (StoreUnavailableError, LeaseLostError, RunConflictError) as e:
+        # The drive stopped without writing more; what it saved before is in the log.
+        fail(f"{e}\nprogress saved; run the same command again: {resume_hint}", EXIT_PREEMPTED)
     except KeyboardInterrupt:
         click.echo(
             "forced exit: every recorded event is safe; the unit in flight will run again. "

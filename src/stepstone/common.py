@@ -15,6 +15,7 @@ from engine import Engine, EngineError, Settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PARKED = 3
 EXIT_PREEMPTED = 75
 EXIT_FORCED = 130
 

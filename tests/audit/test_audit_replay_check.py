@@ -175,7 +175,7 @@ def test_check_command_gates_a_deploy_and_parked_runs_resume_with_fixed_code(
     assert (stats["parked"], stats["completed"], stats["runs"]) == (1, 1, 2)
     # Resuming again with the same bad code: still parked, no second event.
     again = invoke("resume", str(run_id), "--workflow", "auditwf:v2")
-    assert again.exit_code == 2
+    assert again.exit_code == 3  # parked
     assert "parked" in again.stderr
     assert len(engine.history(run_id)) == events_before + 1
     # Compatible code is back: it resumes and completes.

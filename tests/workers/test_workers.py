@@ -202,7 +202,7 @@ def test_zombie_worker_is_fenced_after_its_lease_is_taken_over(
         assert all(w == "heir0" for _, w, _ in kinds[takeover:])  # nothing of the zombie after
         log = zombie.log()
         assert "abandoned run" in log
-        assert "no longer holds its lease" in log
+        assert "no longer holds the run's lease" in log
     units = effects(db, "zombie")
     assert sorted(i for _, _, i in units) == list(range(120))  # each effect exactly once
 
