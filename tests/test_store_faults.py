@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import faultwf
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from engine import Engine, RunStatus, Settings, StoreUnavailableError, StoreWriteError
+import faultwf
+from engine import Engine, RunStatus, Settings, StoreWriteError
 from engine.verify import verify
 
 
@@ -58,8 +58,7 @@ def drive_to_end(engine: Engine, key: str) -> tuple[Any, int]:
     while True:
         try:
             result = engine.run(faultwf.representative, {"n": 4}, key=key)
-        except StoreUnavailableError as e:
-            assert isinstance(e, StoreWriteError), e  # a save failed; reads never did here
+        except StoreWriteError:  # a save failed; a read never does here
             reruns += 1
             assert reruns < 10, "the run does not make progress after store faults"
             continue
@@ -76,7 +75,8 @@ def check_log(engine: Engine, run_id: Any) -> None:
     versions = [e.version for e in history]
     assert versions == list(range(1, len(versions) + 1)), f"a hole in the log: {versions}"
     report = verify(engine.store, run_id)
-    assert report.ok and not report.unchained, report.problems
+    assert report.ok, report.problems
+    assert not report.unchained
     failed = [e.fields for e in history if e.event_type == "StepFailed"]
     # The only failure a step records is the workflow's own (flaky's first attempt): a store
     # fault raised inside step code is never recorded as the user's step failure.
@@ -140,6 +140,7 @@ def test_a_drive_reloads_and_goes_on_after_a_fault_within_its_retry_budget(
             faults = SaveFaults(engine, {n}, after_commit=n % 2 == 0)
             output, reruns = drive_to_end(engine, f"retry-{n}")
             assert reruns == 0  # a fault (if save n happened) never reached the caller
+            assert faults.injected == 1 or n >= saves - 1
             run_id = next(i.run_id for i in engine.runs() if i.idempotency_key == f"retry-{n}")
             assert output == expected
             check_log(engine, run_id)

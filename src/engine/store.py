@@ -86,7 +86,7 @@ class RunStore(Application[UUID]):
             if e.position is not None:
                 raise
             raise DamagedLogError(
-                run_id, e.version, self._position_of(run_id, e.version), e.what
+                run_id, e.version, self.position_of(run_id, e.version), e.what
             ) from e
         except _STORE_ERRORS as e:
             raise StoreUnavailableError(self.location.display, _reason(e)) from e
@@ -225,7 +225,46 @@ class RunStore(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
 
-    def _position_of(self, run_id: UUID, version: int) -> int | None:
+    def snapshotted_runs(self) -> list[UUID]:
+        """The runs that have at least one snapshot (for `verify`, which checks them)."""
+        if self.snapshots is None:
+            return []
+        recorder: Any = self.snapshots.recorder
+        if self.location.kind == "sqlite":
+            sql = f"SELECT DISTINCT originator_id FROM {recorder.events_table_name}"
+            with recorder.datastore.transaction(commit=False) as c:
+                c.execute(sql)
+                return [UUID(row[0]) for row in c.fetchall()]
+        from psycopg.sql import SQL, Identifier
+
+        query = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
+            Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+        )
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(query)
+            return [row["originator_id"] for row in curs.fetchall()]
+
+    def snapshot_rows(self, run_id: UUID) -> Iterator[StoredEvent]:
+        """A run's stored snapshots, oldest first, undecoded (so a bad one can be named)."""
+        if self.snapshots is None:
+            return iter(())
+        return iter(self.snapshots.recorder.select_events(run_id))
+
+    def replay_events(self, run_id: UUID) -> Iterator[WorkflowRun]:
+        """The run after each of its events in turn, folded from the log alone (no snapshot),
+        read in pages. The same object is yielded each time, mutated: compare, do not keep."""
+        run: WorkflowRun | None = None
+        gt: int | None = None
+        while True:
+            page = cast(list[RunEvent], list(self.events.get(run_id, gt=gt, limit=_LOAD_PAGE)))
+            for event in page:
+                run = _apply(run_id, run, event)
+                yield run
+            if len(page) < _LOAD_PAGE:
+                return
+            gt = page[-1].originator_version
+
+    def position_of(self, run_id: UUID, version: int) -> int | None:
         """The log position of the run's first event at or after `version` (for messages)."""
         try:
             rows = _select_with_positions(self, run_id, from_version=version, limit=1)

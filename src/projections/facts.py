@@ -22,9 +22,12 @@ from eventsourcing.persistence import Mapper, Notification
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
-from engine.errors import UnknownEventError
+from engine.errors import DamagedLogError, UnknownEventError
 from engine.events import EVENT_TYPES
+from engine.logcontext import get_logger
 from projections.errors import EventNotProjectableError
+
+log = get_logger("stepstone.projections")
 
 _ID_FIELDS = frozenset({"originator_id", "originator_version"})
 
@@ -99,6 +102,11 @@ def decode(
                         note.topic, note.originator_id, note.originator_version,
                         f"the projectors do not know {type(event).__name__} events",
                     )
+            except DamagedLogError as e:
+                # Damage to one event, which no upgrade fixes: skip it (every rebuild skips
+                # it alike) rather than stop the views of every run behind it.
+                log.warning("skipping event at position %d: %s", note.id, e)
+                continue
             except (UnknownEventError, ValueError, TypeError, AttributeError) as e:
                 return facts, EventNotProjectableError(note.id, str(e))
             data = _normalized(cast(BaseModel, event))

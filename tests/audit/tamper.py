@@ -15,10 +15,11 @@ from engine import Engine
 
 
 @contextmanager
-def _cursor(engine: Engine) -> Iterator[tuple[Any, str, str]]:
-    """A cursor on the store's database, the events table's quoted name, and a placeholder."""
+def _cursor(engine: Engine, *, snapshots: bool = False) -> Iterator[tuple[Any, str, str]]:
+    """A cursor on the store's database, the events (or snapshots) table's quoted name, and a
+    placeholder."""
     store = engine.store
-    recorder: Any = store.recorder
+    recorder: Any = store.snapshots.recorder if snapshots and store.snapshots else store.recorder
     table = recorder.events_table_name
     if store.location.kind == "sqlite":
         path = store.location.sqlite_path
@@ -70,3 +71,23 @@ def swap(engine: Engine, run_id: UUID, a: int, b: int) -> None:
     tb, sb = read(engine, run_id, b)
     write(engine, run_id, a, tb, sb)
     write(engine, run_id, b, ta, sa)
+
+
+def snapshot_versions(engine: Engine, run_id: UUID) -> list[int]:
+    with _cursor(engine, snapshots=True) as (cur, table, p):
+        cur.execute(f"SELECT originator_version FROM {table} WHERE originator_id = {p} "
+                    "ORDER BY originator_version", (_id(engine, run_id),))
+        return [row[0] for row in cur.fetchall()]
+
+
+def read_snapshot(engine: Engine, run_id: UUID, version: int) -> bytes:
+    with _cursor(engine, snapshots=True) as (cur, table, p):
+        cur.execute(f"SELECT state FROM {table} WHERE originator_id = {p} "
+                    f"AND originator_version = {p}", (_id(engine, run_id), version))
+        return bytes(cur.fetchone()[0])
+
+
+def write_snapshot(engine: Engine, run_id: UUID, version: int, state: bytes) -> None:
+    with _cursor(engine, snapshots=True) as (cur, table, p):
+        cur.execute(f"UPDATE {table} SET state = {p} WHERE originator_id = {p} "
+                    f"AND originator_version = {p}", (state, _id(engine, run_id), version))
