@@ -4,6 +4,7 @@ sleep, a retried failure and the run's end, with every execution counted in a le
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 from engine import RetryPolicy, gather, sleep, step, step_context, workflow
@@ -72,3 +73,38 @@ def representative(n: int = 4) -> dict[str, int]:
     sleep(0.01)
     bumped = flaky(total)
     return {"total": total, "squares": sum(squares), "bumped": bumped}
+
+
+@step
+def fill(count: int, size: int) -> int:
+    """Checkpoints `count` times, each with a `size`-byte state (a partial result)."""
+    ctx = step_context()
+    done = ctx.last_checkpoint["done"] if ctx.last_checkpoint else 0
+    while done < count:
+        done += 1
+        ctx.checkpoint({"done": done, "pad": "x" * size}, done=done, total=count)
+    return done
+
+
+@workflow("big-checkpoints", version=1)
+def big_checkpoints(count: int = 8, size: int = 150_000) -> int:
+    return fill(count, size) + add_one(count)
+
+
+@step
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@step
+def tick(i: int, pause_ms: int) -> int:
+    ctx = step_context()
+    time.sleep(pause_ms / 2000)
+    ctx.checkpoint(i)
+    time.sleep(pause_ms / 2000)
+    return i * 2
+
+
+@workflow("slow-chain", version=1)
+def slow_chain(n: int = 40, pause_ms: int = 30) -> int:
+    return sum(tick(i, pause_ms) for i in range(n))

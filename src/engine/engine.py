@@ -6,7 +6,7 @@ import hashlib
 import importlib
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -254,7 +254,9 @@ class Engine:
         try:
             while True:
                 try:
-                    return self._drive_once(run_id, keeper, resume_reason, suspend_after_s)
+                    return self._drive_once(
+                        run_id, keeper, resume_reason, suspend_after_s, loaded=faults.loaded
+                    )
                 except StoreUnavailableError as e:
                     if not faults.retry(run_id, e):
                         self._release(run_id, state=READY, at=faults.due_again())
@@ -269,10 +271,13 @@ class Engine:
         keeper: LeaseKeeper,
         resume_reason: ResumeReason | None,
         suspend_after_s: float | None,
+        *,
+        loaded: Callable[[int], None],
     ) -> RunResult:
         """One drive from a fresh load; a store fault propagates with the lease still held."""
         owner = self.settings.worker_id
         run = self.store.load(run_id)
+        loaded(run.version)
         if run.status.is_terminal:
             self._release(run_id, state=DONE)
             return RunResult.of(run)
@@ -413,13 +418,21 @@ class Engine:
 
 class _StoreFaults:
     """The retry budget of one drive for store faults: exponential backoff from 0.2 s to 5 s,
-    for `budget_s` from the first fault, cut short by a preemption request."""
+    for `budget_s` from the first fault, cut short by a preemption request. A reload that
+    finds the run further on than the last one starts afresh: flaky connections that let the
+    run progress between faults never exhaust it; a store that stays down does."""
 
     def __init__(self, budget_s: float, token: PreemptionToken) -> None:
         self.budget_s = budget_s
         self.token = token
         self.first: float | None = None
         self.delay_s = 0.0
+        self.version = 0
+
+    def loaded(self, version: int) -> None:
+        if version > self.version:
+            self.version = version
+            self.first, self.delay_s = None, 0.0
 
     def retry(self, run_id: UUID, error: StoreUnavailableError) -> bool:
         """Wait before the next try and say True, or say False: give up."""

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -53,6 +54,18 @@ from stepstone.timeline import show_timeline
 from stepstone.worker_cli import worker
 
 
+@contextmanager
+def store_faults_exit(resume_hint: str) -> Iterator[None]:
+    """A store fault, a lost lease or a write conflict while running: exit 75, naming it.
+
+    Whatever was saved before stays in the log, and the same command resumes from there.
+    """
+    try:
+        yield
+    except (StoreUnavailableError, LeaseLostError, RunConflictError) as e:
+        fail(f"{e}\nprogress saved; run the same command again: {resume_hint}", EXIT_PREEMPTED)
+
+
 def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_json: bool) -> None:
     """Run `action` with Ctrl-C/SIGTERM routed to the preemption token, then report and exit."""
 
@@ -64,13 +77,12 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
         )
 
     try:
-        with signals_request_preemption(engine.token, on_first=notice):
+        with store_faults_exit(resume_hint), signals_request_preemption(
+            engine.token, on_first=notice
+        ):
             result = action()
     except RunParkedError as e:
         fail(str(e), EXIT_PARKED)
-    except (StoreUnavailableError, LeaseLostError, RunConflictError) as e:
-        # The drive stopped without writing more; what it saved before is in the log.
-        fail(f"{e}\nprogress saved; run the same command again: {resume_hint}", EXIT_PREEMPTED)
     except KeyboardInterrupt:
         click.echo(
             "forced exit: every recorded event is safe; the unit in flight will run again. "
@@ -119,7 +131,7 @@ def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | 
 
     params = {"records": records, "chunk": chunk, "seed": seed, "workdir": workdir}
     key = "demo:" + orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
-    with open_engine(database_url) as engine:
+    with open_engine(database_url) as engine, store_faults_exit("stepstone demo"):
         run_id = engine.start(batch_job, params, key=key)
         prior = engine.status(run_id).status
         if prior.is_terminal and not as_json:
@@ -155,7 +167,9 @@ def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
         wf.normalize_input(data)
     except EngineError as e:
         fail(str(e))
-    with open_engine(database_url) as engine:
+    quoted = input_json.replace("'", "'\\''")
+    hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
+    with open_engine(database_url) as engine, store_faults_exit(hint):
         run_id = key_or_unfinished(engine, wf, data, key)
         if enqueue:
             if as_json:
@@ -165,8 +179,6 @@ def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
                 click.echo(f"queued on {wf.queue!r}; follow it with: stepstone status {run_id}",
                            err=True)
             return
-        quoted = input_json.replace("'", "'\\''")
-        hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
         drive(engine, lambda: engine.resume(run_id), f"{hint}  (or: stepstone resume {run_id})",
               as_json)
 
@@ -204,10 +216,11 @@ def resume(run_id: str, reference: str | None, database_url: str | None, as_json
     rid = parse_run_id(run_id)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    with open_engine(database_url, create=False) as engine:
+    hint = f"stepstone resume {rid}"
+    with open_engine(database_url, create=False) as engine, store_faults_exit(hint):
         if reference:
             engine.register(load_workflow(reference))
-        drive(engine, lambda: engine.resume(rid), f"stepstone resume {rid}", as_json)
+        drive(engine, lambda: engine.resume(rid), hint, as_json)
 
 
 @main.command()
