@@ -18,7 +18,16 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 import faultwf
-from engine import Engine, RunStatus, Settings, StoreWriteError
+from engine import (
+    Engine,
+    OutputEncodingError,
+    RunStatus,
+    Settings,
+    StoreWriteError,
+    step,
+    step_context,
+    workflow,
+)
 from engine.verify import verify
 
 
@@ -148,3 +157,44 @@ def test_a_drive_reloads_and_goes_on_after_a_fault_within_its_retry_budget(
                        if e.event_type == "RunResumed"]
             assert resumed.count("store_fault") <= 1
             assert executions(run_id) - clean_executions <= 2
+
+
+@step
+def swallow_everything(offset: int) -> int:
+    """Step code that catches `Exception` around its checkpoint, as real code often does."""
+    ctx = step_context()
+    try:
+        ctx.checkpoint(object() if offset else 1)  # the second call cannot be encoded
+    except Exception:
+        return -1  # would record a completion (or a failure) if the error reached here
+    return offset
+
+
+@workflow("engine-errors-pass-through")
+def two_checkpoints() -> int:
+    return swallow_everything(0) + swallow_everything(1)
+
+
+def test_an_unencodable_checkpoint_passes_through_step_code_and_leaves_the_run_resumable(
+    store_url: str,
+) -> None:
+    with faulty_engine(store_url, 0.0) as engine:
+        with pytest.raises(OutputEncodingError):
+            engine.run(two_checkpoints, key="cp")
+        run_id = next(i.run_id for i in engine.runs() if i.idempotency_key == "cp")
+        kinds = [e.event_type for e in engine.history(run_id)]
+        assert "StepFailed" not in kinds  # not the step's failure, no retry budget spent
+        assert "RunFailed" not in kinds
+        assert kinds[-1] == "StepStarted"  # the second step's start, and nothing after it
+        assert not engine.status(run_id).status.is_terminal
+
+
+def test_a_store_fault_inside_checkpoint_is_never_the_steps_failure(store_url: str) -> None:
+    with faulty_engine(store_url, 0.0) as engine:
+        SaveFaults(engine, {5}, after_commit=False)  # a checkpoint of `chunked`
+        with pytest.raises(StoreWriteError):
+            engine.run(faultwf.representative, {"n": 4}, key="in-step")
+        run_id = next(i.run_id for i in engine.runs() if i.idempotency_key == "in-step")
+        history = engine.history(run_id)
+        assert history[-1].event_type == "StepCheckpointed"
+        assert not [e for e in history if e.event_type in ("StepFailed", "RunFailed")]

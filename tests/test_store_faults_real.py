@@ -216,3 +216,61 @@ def test_a_database_stopped_and_started_again_mid_run_loses_nothing() -> None:
         assert "Traceback" not in err, err
         assert proc.returncode == 0, err
         check_run(cluster.url, "outage", sum(i * 2 for i in range(80)))
+
+
+@pytest.mark.postgres
+def test_a_run_whose_lease_was_taken_over_exits_75_and_writes_nothing_more(
+    tmp_path: Path,
+) -> None:
+    require_postgres()
+    import signal
+
+    with scratch_schema() as url:
+        child = dict(os.environ)
+        child["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child.get("PYTHONPATH", "")])
+        child.update(STEPSTONE_LEASE_DURATION_S="2", STEPSTONE_HEARTBEAT_INTERVAL_S="0.4")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stepstone", "run", "faultwf:slow_chain", "--input",
+             '{"n": 120, "pause_ms": 40}', "--key", "paused", "--db", url],
+            cwd=TESTS_DIR, env={**child, "STEPSTONE_WORKER_ID": "paused-run"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with Engine.from_url(url) as engine:
+            deadline = time.monotonic() + 60
+            while not engine.runs() or engine.runs()[0].steps_completed < 5:
+                assert time.monotonic() < deadline, "the run did not start"
+                time.sleep(0.05)
+            run_id = engine.runs()[0].run_id
+            proc.send_signal(signal.SIGSTOP)  # paused: its lease lapses
+            log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stepstone", "worker", "--db", url, "--import",
+                 "faultwf", "--lease", "2", "--heartbeat", "0.4", "--poll", "0.1"],
+                cwd=TESTS_DIR, env={**child, "STEPSTONE_WORKER_ID": "takeover"}, stdout=log,
+                stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 30
+                while not any(e.event_type == "RunResumed" and
+                              e.fields.get("reason") == "lease_expired"
+                              for e in engine.history(run_id)):
+                    assert time.monotonic() < deadline, "the worker did not take the run over"
+                    time.sleep(0.1)
+                taken_at = len(engine.history(run_id))
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 75, err
+            assert "no longer holds the run's lease" in err
+            assert "progress saved; run the same command again" in err
+            assert "Another worker" not in err
+            assert "Traceback" not in err
+            after = engine.history(run_id)[taken_at:]
+            # The paused process wrote nothing after the takeover.
+            assert [e for e in after if e.worker_id == "paused-run"] == []
+            deadline = time.monotonic() + 120
+            while not engine.status(run_id).status.is_terminal:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        worker.terminate()
+        worker.wait(timeout=60)
+        log.close()
+        check_run(url, "paused", sum(i * 2 for i in range(120)))

@@ -21,6 +21,7 @@ from engine.errors import (
     DamagedLogError,
     EngineError,
     IdempotencyConflictError,
+    LeaseLostError,
     NonDeterminismError,
     RunConflictError,
     RunLeasedError,
@@ -254,6 +255,8 @@ class Engine:
         try:
             while True:
                 try:
+                    if faults.first is not None:
+                        self._keep_lease(run_id, keeper)  # it may have lapsed meanwhile
                     return self._drive_once(
                         run_id, keeper, resume_reason, suspend_after_s, loaded=faults.loaded
                     )
@@ -264,6 +267,30 @@ class Engine:
                     resume_reason = ResumeReason.STORE_FAULT
         finally:
             keeper.drop(run_id)
+
+    def _keep_lease(self, run_id: UUID, keeper: LeaseKeeper) -> None:
+        """After a store fault: take the run's lease again if it lapsed and nobody took it.
+
+        An outage longer than the lease stops the heartbeats; if no other worker claimed the
+        run meanwhile, this process may go on (the claim is atomic, and the log's optimistic
+        concurrency still fences). If one did, it drives the run now: `LeaseLostError`.
+        """
+        try:
+            keeper.check(run_id)
+            return
+        except LeaseLostError:
+            pass
+        since = time.monotonic()
+        run = self.store.load(run_id)
+        holder = self.leases.claim_run(
+            run_id, self.settings.worker_id, self.settings.lease_duration_s,
+            workflow=run.state.workflow, queue=run.state.queue,
+        )
+        if holder is not None:
+            raise LeaseLostError(run_id, f"worker {holder} took the run over while the store "
+                                 "was unreachable")
+        keeper.hold(run_id, since=since)
+        log.info("run %s: took its lease again after the store fault", run_id)
 
     def _drive_once(
         self,
