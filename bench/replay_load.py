@@ -34,7 +34,6 @@ from typing import Any
 import orjson
 import psycopg
 
-from engine import events as ev
 from engine.aggregate import WorkflowRun
 from engine.export import rows
 from engine.store import RunStore
@@ -50,7 +49,7 @@ def write_run(store: RunStore, events: int, batch: int = 2000) -> tuple[uuid.UUI
     clock = datetime(2026, 1, 1, tzinfo=UTC)
     run_id = uuid.uuid4()
     run = WorkflowRun.start(
-        run_id, timestamp=clock, worker_id="bench", workflow="bench-long", workflow_version=1,
+        run_id, at=clock, worker="bench", workflow="bench-long", workflow_version=1,
         entrypoint="bench:long", code_fingerprint="f", input={"n": events}, input_digest="d",
         idempotency_key=None,
     )
@@ -58,14 +57,10 @@ def write_run(store: RunStore, events: int, batch: int = 2000) -> tuple[uuid.UUI
     while run.version < events - 2:
         clock += timedelta(milliseconds=3)
         key = f"item#{i}"
-        run.record(ev.StepStarted, timestamp=clock, worker_id="bench", step_key=key,
-                   step_name="item", attempt=1)
+        run.start_step(key, "item", 1, at=clock, worker="bench")
         if i % 10 == 0:
-            run.record(ev.StepCheckpointed, timestamp=clock, worker_id="bench", step_key=key,
-                       attempt=1, sequence=1, state={"offset": i}, progress_done=1,
-                       progress_total=2)
-        run.record(ev.StepCompleted, timestamp=clock, worker_id="bench", step_key=key,
-                   attempt=1, output={"i": i, "ok": True}, duration_s=0.001)
+            run.checkpoint_step(key, 1, 1, {"offset": i}, 1, 2, at=clock, worker="bench")
+        run.complete_step(key, 1, {"i": i, "ok": True}, 0.001, at=clock, worker="bench")
         i += 1
         if len(run.pending_events) >= batch:
             store.save_run(run)

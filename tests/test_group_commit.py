@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 
 from engine import Engine, RunConflictError, RunStatus, step, workflow
-from engine.events import RunResumed
+from engine.events import ResumeReason
 
 
 @step
@@ -55,7 +55,7 @@ def test_a_conflict_in_a_shared_commit_fails_only_the_run_that_lost(engine: Engi
     stale = engine.store.load(a.id)
     now = datetime.now(UTC)
     for run in (a, b, stale):
-        run.record(RunResumed, timestamp=now, worker_id="t", reason="crash_recovery")
+        run.resume(ResumeReason.CRASH_RECOVERY, at=now, worker="t")
     engine.group_commit.save_run(a)  # `stale` was decided on the version `a` just took
     events_b = b.collect_events()
     events_stale = stale.collect_events()

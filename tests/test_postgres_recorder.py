@@ -104,8 +104,8 @@ def test_concurrent_save_of_the_same_run_is_a_conflict(pg_schema: str) -> None:
         run_id = engine.start(small)
         a, b = engine.store.load(run_id), engine.store.load(run_id)
         now = datetime.now(UTC)
-        a.record(ev.RunResumed, timestamp=now, worker_id="a", reason=ev.ResumeReason.RETRY_DUE)
-        b.record(ev.RunResumed, timestamp=now, worker_id="b", reason=ev.ResumeReason.RETRY_DUE)
+        a.resume(ev.ResumeReason.RETRY_DUE, at=now, worker="a")
+        b.resume(ev.ResumeReason.RETRY_DUE, at=now, worker="b")
         engine.store.save_run(a)
         with pytest.raises(RunConflictError):
             engine.store.save_run(b)

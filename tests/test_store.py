@@ -17,7 +17,7 @@ from engine import (
     workflow,
 )
 from engine.aggregate import RunSnapshot
-from engine.events import RunResumed, StepStarted
+from engine.events import ResumeReason
 
 
 @step
@@ -82,10 +82,9 @@ def test_a_stale_writer_is_fenced_off(engine: Engine) -> None:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
-    theirs.record(StepStarted, timestamp=now, worker_id="b", step_key="noop#0",
-                  step_name="noop", attempt=1)
+    theirs.start_step("noop#0", "noop", 1, at=now, worker="b")
     engine.store.save_run(theirs)
-    mine.record(RunResumed, timestamp=now, worker_id="a", reason="crash_recovery")
+    mine.resume(ResumeReason.CRASH_RECOVERY, at=now, worker="a")
     with pytest.raises(RunConflictError):
         engine.store.save_run(mine)
     history = engine.history(run_id)

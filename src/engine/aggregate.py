@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine import events as ev
 from engine.chain import SEAL
+from engine.errors import EngineError
 
 
 class RunStatus(StrEnum):
@@ -98,28 +99,146 @@ class RunState(BaseModel):
     parked: Divergence | None = None
 
 
+class RunCommandError(EngineError):
+    """A command the run's state does not allow (a bug in the caller, never a user's error):
+    nothing is recorded."""
+
+
 class WorkflowRun(BaseAggregate[UUID]):
-    """One run of a workflow. Created by `RunStarted`; every later event goes through `when`."""
+    """One run of a workflow. Created by `RunStarted`; every later event goes through `when`.
+
+    Events are recorded only through the typed commands below, which enforce the invariants
+    the log relies on: nothing follows a terminal event, and a step's attempt is checkpointed,
+    completed, failed or preempted only while that attempt runs. Replay (`when`) applies any
+    stored history as it is; the commands guard what is written next.
+    """
 
     def __init__(self) -> None:
         self.state = RunState()
         self.snapshot_version = 0  # bookkeeping for the store, not part of the run's state
 
     @classmethod
-    def start(cls, run_id: UUID, **fields: Any) -> WorkflowRun:
-        fields.setdefault("parent_run_id", None)
-        fields.setdefault("forked_from_step", None)
+    def start(
+        cls,
+        run_id: UUID,
+        *,
+        at: datetime,
+        worker: str,
+        workflow: str,
+        workflow_version: int,
+        entrypoint: str,
+        code_fingerprint: str,
+        input: dict[str, Any],
+        input_digest: str,
+        idempotency_key: str | None,
+        queue: str = "default",
+        parent_run_id: UUID | None = None,
+        forked_from_step: str | None = None,
+    ) -> WorkflowRun:
         # Tamper evidence: the first event opens the run's hash chain (engine.chain).
-        fields["prev_hash"] = None
-        fields["hash"] = SEAL
-        return cls._create(ev.RunStarted, id=run_id, **fields)
+        return cls._create(
+            ev.RunStarted, id=run_id, timestamp=at, worker_id=worker, workflow=workflow,
+            workflow_version=workflow_version, entrypoint=entrypoint,
+            code_fingerprint=code_fingerprint, input=input, input_digest=input_digest,
+            idempotency_key=idempotency_key, queue=queue, parent_run_id=parent_run_id,
+            forked_from_step=forked_from_step, prev_hash=None, hash=SEAL,
+        )
 
-    def record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
-        """Append a new event to this run (pending until the store saves it)."""
+    # -- commands: one per event type after RunStarted ---------------------------------------
+    def resume(self, reason: ev.ResumeReason, *, at: datetime, worker: str) -> None:
+        self._trigger(ev.RunResumed, at, worker, reason=reason)
+
+    def start_step(self, key: str, name: str, attempt: int, *, at: datetime,
+                   worker: str) -> None:
+        prior = self.state.steps.get(key)
+        if prior is not None and prior.status is StepStatus.COMPLETED:
+            raise RunCommandError(f"run {self.id}: step {key} completed already")
+        self._trigger(ev.StepStarted, at, worker, step_key=key, step_name=name,
+                      attempt=attempt)
+
+    def checkpoint_step(self, key: str, attempt: int, sequence: int, state: Any,
+                        done: int | None, total: int | None, *, at: datetime,
+                        worker: str) -> None:
+        self._running(key, attempt)
+        self._trigger(ev.StepCheckpointed, at, worker, step_key=key, attempt=attempt,
+                      sequence=sequence, state=state, progress_done=done,
+                      progress_total=total)
+
+    def complete_step(self, key: str, attempt: int, output: Any, duration_s: float, *,
+                      at: datetime, worker: str) -> None:
+        self._running(key, attempt)
+        self._trigger(ev.StepCompleted, at, worker, step_key=key, attempt=attempt,
+                      output=output, duration_s=duration_s)
+
+    def fail_step(self, key: str, attempt: int, error_type: str, message: str, *,
+                  retryable: bool, next_attempt_at: datetime | None, duration_s: float,
+                  at: datetime, worker: str) -> None:
+        self._running(key, attempt)
+        self._trigger(ev.StepFailed, at, worker, step_key=key, attempt=attempt,
+                      error_type=error_type, message=message, retryable=retryable,
+                      next_attempt_at=next_attempt_at, duration_s=duration_s)
+
+    def preempt_step(self, key: str, attempt: int, last_sequence: int, reason: str, *,
+                     at: datetime, worker: str) -> None:
+        self._running(key, attempt)
+        self._trigger(ev.StepPreempted, at, worker, step_key=key, attempt=attempt,
+                      last_checkpoint_sequence=last_sequence, reason=reason)
+
+    def start_timer(self, key: str, wake_at: datetime, duration_s: float, *, at: datetime,
+                    worker: str) -> None:
+        self._trigger(ev.TimerStarted, at, worker, step_key=key, wake_at=wake_at,
+                      duration_s=duration_s)
+
+    def fire_timer(self, key: str, *, at: datetime, worker: str) -> None:
+        timer = self.state.steps.get(key)
+        if timer is None or timer.status is not StepStatus.WAITING:
+            raise RunCommandError(f"run {self.id}: no timer {key} is waiting")
+        self._trigger(ev.TimerFired, at, worker, step_key=key)
+
+    def mark_patch(self, change_id: str, *, at: datetime, worker: str) -> None:
+        self._trigger(ev.PatchMarked, at, worker, change_id=change_id)
+
+    def reuse_step(self, key: str, name: str, output: Any, reused_from: UUID, *,
+                   at: datetime, worker: str) -> None:
+        self._trigger(ev.StepReused, at, worker, step_key=key, step_name=name, output=output,
+                      reused_from=reused_from)
+
+    def preempt(self, reason: str, *, at: datetime, worker: str) -> None:
+        self._trigger(ev.RunPreempted, at, worker, reason=reason)
+
+    def complete(self, output: Any, *, at: datetime, worker: str) -> None:
+        self._trigger(ev.RunCompleted, at, worker, output=output)
+
+    def fail(self, error_type: str, message: str, step_key: str | None, *, at: datetime,
+             worker: str) -> None:
+        self._trigger(ev.RunFailed, at, worker, error_type=error_type, message=message,
+                      step_key=step_key)
+
+    def cancel(self, by: str, reason: str, *, at: datetime, worker: str) -> None:
+        self._trigger(ev.RunCancelled, at, worker, by=by, reason=reason)
+
+    def park(self, reason: str, expected: str, actual: str, position: int, *, at: datetime,
+             worker: str) -> None:
+        self._trigger(ev.RunParked, at, worker, reason=reason, expected=expected,
+                      actual=actual, position=position)
+
+    def _running(self, key: str, attempt: int) -> None:
+        step = self.state.steps.get(key)
+        if step is None or step.status is not StepStatus.RUNNING or step.attempt != attempt:
+            raise RunCommandError(f"run {self.id}: attempt {attempt} of step {key} is not "
+                                  "running")
+
+    def _trigger(self, event_class: type[ev.RunEvent], at: datetime, worker: str,
+                 **fields: Any) -> None:
+        """Append a new event (pending until the store saves it), chained to the last one."""
+        if self.state.status.is_terminal:
+            raise RunCommandError(
+                f"run {self.id} is {self.state.status.value}: nothing may follow its end "
+                f"(asked to record {event_class.__name__})"
+            )
         # Tamper evidence: chain the event to the run's last one (engine.chain).
-        fields["prev_hash"] = self.state.last_hash
-        fields["hash"] = SEAL
-        self.trigger_event(event_class, **fields)
+        self.trigger_event(event_class, timestamp=at, worker_id=worker,
+                           prev_hash=self.state.last_hash, hash=SEAL, **fields)
 
     @property
     def steps(self) -> dict[str, StepState]:

@@ -151,13 +151,12 @@ class RunDriver:
         self._lock = threading.RLock()
 
     # -- recording ------------------------------------------------------------------------
-    def _record(self, event_class: type[ev.RunEvent], **fields: Any) -> None:
+    def _record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
+        """Call one of the run's commands (`self.run.start_step`...) as this writer, now."""
         with self._lock:
             if self._abandoned is not None:
                 raise _Abandon(self._abandoned)
-            self.run.record(
-                event_class, timestamp=self.clock(), worker_id=self.worker_id, **fields
-            )
+            command(*args, at=self.clock(), worker=self.worker_id, **fields)
 
     def _save(self) -> None:
         with self._lock:
@@ -222,7 +221,7 @@ class RunDriver:
         run = self.run
         if reason is not None:
             # Pending until the first real write: a run that diverges is left untouched.
-            self._record(ev.RunResumed, reason=self.resume_reason or reason)
+            self._record(run.resume, self.resume_reason or reason)
         reset = current_runner.set(self)
         try:
             output = self.definition.fn(**self.definition.bind_input(run.state.input))
@@ -234,7 +233,7 @@ class RunDriver:
                 )
             encoded = self.definition.codec.encode(output)
         except Preempted as p:
-            self._record(ev.RunPreempted, reason=p.reason)
+            self._record(run.preempt, p.reason)
             self._save()
             log.info("run %s preempted: %s", run.id, p.reason)
             return RunResult.of(run)
@@ -263,12 +262,12 @@ class RunDriver:
             return RunResult.of(run)
         finally:
             current_runner.reset(reset)
-        self._record(ev.RunCompleted, output=encoded)
+        self._record(run.complete, encoded)
         self._save()
         return RunResult.of(run)
 
     def _fail(self, error_type: str, message: str, step_key: str | None) -> None:
-        self._record(ev.RunFailed, error_type=error_type, message=message, step_key=step_key)
+        self._record(self.run.fail, error_type, message, step_key)
         self._save()
         log.warning("run %s failed: %s: %s", self.run.id, error_type, message)
 
@@ -329,7 +328,7 @@ class RunDriver:
                 if due is not None:
                     self._wait_until(due)
                 attempt += 1
-                self._record(ev.StepStarted, step_key=key, step_name=step.name, attempt=attempt)
+                self._record(self.run.start_step, key, step.name, attempt)
                 self._save()
             else:
                 attempt, started = started, None
@@ -359,11 +358,7 @@ class RunDriver:
                 TRACER.outcome(span, "preempted")
                 self._flush_checkpoint(key)
                 self._record(
-                    ev.StepPreempted,
-                    step_key=key,
-                    attempt=attempt,
-                    last_checkpoint_sequence=ctx.checkpoint_sequence,
-                    reason=p.reason,
+                    self.run.preempt_step, key, attempt, ctx.checkpoint_sequence, p.reason
                 )
                 raise
             except Exception as e:
@@ -382,11 +377,7 @@ class RunDriver:
             except EngineError as e:  # past user code that could catch it as its own
                 raise _Halt(e) from e
             self._record(
-                ev.StepCompleted,
-                step_key=key,
-                attempt=attempt,
-                output=encoded,
-                duration_s=time.perf_counter() - t0,
+                self.run.complete_step, key, attempt, encoded, time.perf_counter() - t0
             )
             return step.codec.decode(encoded)
 
@@ -400,14 +391,8 @@ class RunDriver:
             self.clock() + timedelta(seconds=step.retry.delay_s(failures)) if retryable else None
         )
         self._record(
-            ev.StepFailed,
-            step_key=key,
-            attempt=attempt,
-            error_type=type(error).__name__,
-            message=str(error),
-            retryable=retryable,
-            next_attempt_at=due,
-            duration_s=duration_s,
+            self.run.fail_step, key, attempt, type(error).__name__, str(error),
+            retryable=retryable, next_attempt_at=due, duration_s=duration_s,
         )
         self._save()
         log.info(
@@ -430,7 +415,7 @@ class RunDriver:
             return True
         if self._position < len(self._history):
             return False
-        self._record(ev.PatchMarked, change_id=change_id)
+        self._record(self.run.mark_patch, change_id)
         return True
 
     def _raise_if_preempted(self) -> None:
@@ -455,12 +440,12 @@ class RunDriver:
         self._raise_if_preempted()
         if recorded is None or recorded.wake_at is None:
             wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
-            self._record(ev.TimerStarted, step_key=key, wake_at=wake_at, duration_s=seconds)
+            self._record(self.run.start_timer, key, wake_at, seconds)
             self._save()
         else:
             wake_at = recorded.wake_at
         self._wait_until(wake_at)
-        self._record(ev.TimerFired, step_key=key)  # held, like a completion
+        self._record(self.run.fire_timer, key)  # held, like a completion
 
     # -- fan-out --------------------------------------------------------------------------
     def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
@@ -501,13 +486,8 @@ class RunDriver:
         if cp is None:
             return
         self._record(
-            ev.StepCheckpointed,
-            step_key=cp.ctx.step_key,
-            attempt=cp.ctx.attempt,
-            sequence=cp.ctx.checkpoint_sequence,
-            state=cp.state,
-            progress_done=cp.done,
-            progress_total=cp.total,
+            self.run.checkpoint_step, cp.ctx.step_key, cp.ctx.attempt,
+            cp.ctx.checkpoint_sequence, cp.state, cp.done, cp.total,
         )
         self._save()
 

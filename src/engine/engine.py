@@ -167,8 +167,8 @@ class Engine:
         run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
         run = WorkflowRun.start(
             run_id,
-            timestamp=utc_now(),
-            worker_id=self.settings.worker_id,
+            at=utc_now(),
+            worker=self.settings.worker_id,
             workflow=workflow.name,
             workflow_version=workflow.version,
             entrypoint=workflow.entrypoint,

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from engine import events as ev
 from engine.aggregate import StepState, StepStatus
 from engine.definitions import Step, StepCall
 from engine.driver import (
@@ -91,8 +90,7 @@ def gather_branches(
                     slots.release()
                     break
                 attempt = (recorded.attempt if recorded else 0) + 1
-                driver._record(ev.StepStarted, step_key=key, step_name=call.step.name,
-                             attempt=attempt)
+                driver._record(driver.run.start_step, key, call.step.name, attempt)
                 driver._save()
                 ctx = contextvars.copy_context()
                 futures[i] = pool.submit(ctx.run, branch, call.step, key, recorded, call,

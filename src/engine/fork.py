@@ -12,7 +12,6 @@ import uuid
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from engine import events as ev
 from engine.aggregate import StepStatus, WorkflowRun
 from engine.driver import utc_now
 from engine.errors import EngineError
@@ -62,8 +61,8 @@ def fork_run(engine: Engine, parent_id: UUID, from_step: str) -> UUID:
     s = parent.state
     run = WorkflowRun.start(
         uuid.uuid4(),
-        timestamp=now,
-        worker_id=worker,
+        at=now,
+        worker=worker,
         workflow=definition.name,
         workflow_version=definition.version,
         entrypoint=definition.entrypoint,
@@ -77,17 +76,9 @@ def fork_run(engine: Engine, parent_id: UUID, from_step: str) -> UUID:
     # The parent's markers: the reused part replays the path the parent took. Markers it
     # recorded later say "new path", which a new run takes anyway.
     for change_id in s.patches:
-        run.record(ev.PatchMarked, timestamp=now, worker_id=worker, change_id=change_id)
+        run.mark_patch(change_id, at=now, worker=worker)
     for k in before:
         step = parent.steps[k]
-        run.record(
-            ev.StepReused,
-            timestamp=now,
-            worker_id=worker,
-            step_key=k,
-            step_name=step.name,
-            output=step.output,
-            reused_from=parent.id,
-        )
+        run.reuse_step(k, step.name, step.output, parent.id, at=now, worker=worker)
     store.save_run(run)
     return run.id

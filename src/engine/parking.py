@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine import events as ev
 from engine.aggregate import Divergence, RunStatus
 from engine.driver import Clock
 from engine.errors import NonDeterminismError, RunConflictError, RunParkedError
@@ -28,17 +27,10 @@ def park(
     run = store.load(error.run_id)
     divergence = Divergence(expected=error.expected, actual=error.actual, position=error.position)
     if not (run.status is RunStatus.PARKED and run.state.parked == divergence):
-        run.record(
-            ev.RunParked,
-            timestamp=clock(),
-            worker_id=worker_id,
-            reason=(
-                f"diverged at step position {error.position}: the history recorded "
-                f"{error.expected!r}, the code asks for {error.actual!r}"
-            ),
-            expected=error.expected,
-            actual=error.actual,
-            position=error.position,
+        run.park(
+            f"diverged at step position {error.position}: the history recorded "
+            f"{error.expected!r}, the code asks for {error.actual!r}",
+            error.expected, error.actual, error.position, at=clock(), worker=worker_id,
         )
         try:
             store.save_run(run)
@@ -59,8 +51,7 @@ def park_crash_loop(store: RunStore, run_id: UUID, reason: str, *, worker_id: st
     run = store.load(run_id)
     if run.status.is_terminal or run.status is RunStatus.PARKED:
         return
-    run.record(ev.RunParked, timestamp=clock(), worker_id=worker_id, reason=reason,
-               expected="", actual="", position=-1)
+    run.park(reason, "", "", -1, at=clock(), worker=worker_id)
     try:
         store.save_run(run)
     except RunConflictError:

@@ -207,7 +207,6 @@ def test_a_run_waiting_on_a_durable_sleep_resumes_cleanly_without_waiting() -> N
     import uuid
     from datetime import UTC, datetime, timedelta
 
-    from engine import events as ev
     from engine.aggregate import WorkflowRun
     from engine.durable import sleep
 
@@ -219,16 +218,13 @@ def test_a_run_waiting_on_a_durable_sleep_resumes_cleanly_without_waiting() -> N
 
     t = datetime(2026, 1, 1, tzinfo=UTC)
     run = WorkflowRun.start(
-        uuid.uuid4(), timestamp=t, worker_id="w", workflow="audit-sleepy", workflow_version=1,
+        uuid.uuid4(), at=t, worker="w", workflow="audit-sleepy", workflow_version=1,
         entrypoint="tests:sleepy", code_fingerprint="f", input={}, input_digest="d",
         idempotency_key=None,
     )
-    run.record(ev.StepStarted, timestamp=t, worker_id="w", step_key="a#0", step_name="a",
-               attempt=1)
-    run.record(ev.StepCompleted, timestamp=t, worker_id="w", step_key="a#0", attempt=1,
-               output="a", duration_s=0.0)
-    run.record(ev.TimerStarted, timestamp=t, worker_id="w", step_key="sleep#0",
-               wake_at=t + timedelta(days=3650), duration_s=3600.0)
+    run.start_step("a#0", "a", 1, at=t, worker="w")
+    run.complete_step("a#0", 1, "a", 0.0, at=t, worker="w")
+    run.start_timer("sleep#0", t + timedelta(days=3650), 3600.0, at=t, worker="w")
     before, started = calls.copy(), time.monotonic()
     result = check_history(sleepy, run.collect_events())  # type: ignore[arg-type]
     assert time.monotonic() - started < 5

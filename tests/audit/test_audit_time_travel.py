@@ -45,10 +45,10 @@ def travel(n: int) -> dict[str, Any]:
 def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[tuple[UUID, int], RunState]]:
     """The run's state right after each event the engine records (not on loads)."""
     states: dict[tuple[UUID, int], RunState] = {}
-    record, start = WorkflowRun.record, WorkflowRun.start.__func__  # type: ignore[attr-defined]
+    trigger, start = WorkflowRun._trigger, WorkflowRun.start.__func__  # type: ignore[attr-defined]
 
     def recording(self: WorkflowRun, *args: Any, **kwargs: Any) -> None:
-        record(self, *args, **kwargs)
+        trigger(self, *args, **kwargs)
         states[(self.id, self.version)] = self.state.model_copy(deep=True)
 
     def starting(cls: type[WorkflowRun], run_id: UUID, **fields: Any) -> WorkflowRun:
@@ -56,7 +56,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[tuple[UUID, int],
         states[(run.id, run.version)] = run.state.model_copy(deep=True)
         return run
 
-    monkeypatch.setattr(WorkflowRun, "record", recording)
+    monkeypatch.setattr(WorkflowRun, "_trigger", recording)
     monkeypatch.setattr(WorkflowRun, "start", classmethod(starting))
     return states
 

@@ -26,7 +26,6 @@ import goldenwf
 from goldenwf import FLAGS, basic, basic_reordered, with_patch, with_sleep
 
 from engine import Engine, Settings
-from engine import events as ev
 from engine.driver import utc_now
 
 
@@ -66,8 +65,7 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
     # Cancelled (no command for it yet: recorded as the engine's aggregate records events).
     rid = engine.start(basic, {"n": 5})
     run = engine.store.load(rid)
-    run.record(ev.RunCancelled, timestamp=utc_now(), worker_id="golden-worker",
-               by="golden", reason="cancelled for the golden log")
+    run.cancel("golden", "cancelled for the golden log", at=utc_now(), worker="golden-worker")
     engine.store.save_run(run)
     runs.append(("cancelled", rid))
     if goldenwf.sleep is not None:

@@ -34,7 +34,7 @@ class RunSim:
         self.clock = clock
         self.worker = "w0"
         self.run = WorkflowRun.start(
-            run_id, timestamp=self._tick(1), worker_id=self.worker, workflow=workflow,
+            run_id, at=self._tick(1), worker=self.worker, workflow=workflow,
             workflow_version=1, entrypoint="tests:wf", code_fingerprint="f", input={},
             input_digest="d", idempotency_key=None,
         )
@@ -50,8 +50,9 @@ class RunSim:
         self.clock += timedelta(milliseconds=ms)
         return self.clock
 
-    def _record(self, cls: type[ev.RunEvent], ms: int, **fields: Any) -> None:
-        self.run.record(cls, timestamp=self._tick(ms), worker_id=self.worker, **fields)
+    def _record(self, command: str, ms: int, *args: Any, **fields: Any) -> None:
+        """Call the run's command named `command`, `ms` after the previous event."""
+        getattr(self.run, command)(*args, at=self._tick(ms), worker=self.worker, **fields)
 
     def valid(self) -> list[str]:
         if self.terminal:
@@ -78,21 +79,18 @@ class RunSim:
             self.checkpoints += 1
             total = rng.choice([None, 10, 100])
             done = None if total is None else rng.randint(0, total)
-            self._record(ev.StepCheckpointed, ms, step_key=key, attempt=attempt,
-                         sequence=self.checkpoints, state={"at": self.checkpoints},
-                         progress_done=done, progress_total=total)
+            self._record("checkpoint_step", ms, key, attempt, self.checkpoints,
+                         {"at": self.checkpoints}, done, total)
         elif command == "complete":
             assert self.open is not None
             key, _, attempt = self.open
-            self._record(ev.StepCompleted, ms, step_key=key, attempt=attempt, output=attempt,
-                         duration_s=ms / 1000)
+            self._record("complete_step", ms, key, attempt, attempt, ms / 1000)
             self.open = None
         elif command in ("fail", "fail_for_good"):
             assert self.open is not None
             key, _, attempt = self.open
             retryable = command == "fail"
-            self._record(ev.StepFailed, ms, step_key=key, attempt=attempt,
-                         error_type="ConnectionError", message=f"try {attempt}",
+            self._record("fail_step", ms, key, attempt, "ConnectionError", f"try {attempt}",
                          retryable=retryable,
                          next_attempt_at=self.clock + timedelta(seconds=1) if retryable else None,
                          duration_s=ms / 1000)
@@ -104,33 +102,31 @@ class RunSim:
         elif command == "preempt":
             if self.open is not None:
                 key, _, attempt = self.open
-                self._record(ev.StepPreempted, ms, step_key=key, attempt=attempt,
-                             last_checkpoint_sequence=self.checkpoints, reason="SIGTERM")
+                self._record("preempt_step", ms, key, attempt, self.checkpoints, "SIGTERM")
                 self.pending, self.open = self.open, None
-            self._record(ev.RunPreempted, 1, reason="SIGTERM")
+            self._record("preempt", 1, "SIGTERM")
             self.preempted = True
         elif command == "resume":
             reason = ("crash_recovery" if self.crashed else
                       "after_preemption" if self.preempted else "retry_due")
-            self._record(ev.RunResumed, ms, reason=reason)
+            self._record("resume", ms, ev.ResumeReason(reason))
             self.crashed = self.preempted = False
             if self.pending is not None:
                 key, name, attempt = self.pending
                 self.pending = None
                 self._start(key, name, attempt + 1, 1)
         elif command == "finish":
-            self._record(ev.RunCompleted, ms, output={"steps": self.steps})
+            self._record("complete", ms, {"steps": self.steps})
             self.terminal = True
         elif command == "fail_run":
-            self._record(ev.RunFailed, ms, error_type="StepFailedError", message="gave up",
-                         step_key=None)
+            self._record("fail", ms, "StepFailedError", "gave up", None)
             self.terminal = True
         elif command == "cancel":
-            self._record(ev.RunCancelled, ms, by="operator", reason="not needed")
+            self._record("cancel", ms, "operator", "not needed")
             self.terminal = True
 
     def _start(self, key: str, name: str, attempt: int, ms: int) -> None:
-        self._record(ev.StepStarted, ms, step_key=key, step_name=name, attempt=attempt)
+        self._record("start_step", ms, key, name, attempt)
         self.open = (key, name, attempt)
 
 
