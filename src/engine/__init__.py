@@ -5,10 +5,9 @@
 The public surface is below; everything else is private to the package.
 """
 
-from engine.aggregate import RunStatus, StepStatus, WorkflowRun
+from engine.aggregate import WorkflowRun
 from engine.context import StepContext, step_context
 from engine.definitions import Step, StepCall, Workflow, step, workflow
-from engine.driver import StepFailedError
 from engine.durable import gather, sleep
 from engine.engine import Engine, load_workflow, run_id_for_key
 from engine.errors import (
@@ -25,6 +24,7 @@ from engine.errors import (
     RunNotFinishedError,
     RunNotFoundError,
     RunParkedError,
+    StepFailedError,
     StoreUnavailableError,
     StoreWriteError,
     UnknownEventError,
@@ -37,6 +37,7 @@ from engine.replay_check import CheckResult, check_history
 from engine.results import HistoryEntry, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
+from engine.status import RunStatus, StepStatus
 
 __all__ = [
     "NO_RETRY",

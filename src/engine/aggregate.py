@@ -8,7 +8,6 @@ pydantic model, which is also what a snapshot stores.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -19,29 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from engine import events as ev
 from engine.chain import SEAL
 from engine.errors import EngineError
-
-
-class RunStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    PREEMPTED = "preempted"
-    WAITING = "waiting"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PARKED = "parked"  # audit: diverged on resume, waits for compatible code (not terminal)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
-class StepStatus(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    PREEMPTED = "preempted"
-    WAITING = "waiting"
+from engine.status import STATUS_AFTER, RunStatus, StepStatus
 
 
 class ErrorInfo(BaseModel):
@@ -252,6 +229,9 @@ class WorkflowRun(BaseAggregate[UUID]):
         s = self.state
         s.worker_id = event.worker_id
         s.last_hash = event.hash
+        status = STATUS_AFTER.get(type(event))
+        if status is not None:
+            s.status = status
         match event:
             case ev.RunStarted():
                 s.workflow = event.workflow
@@ -265,11 +245,9 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.forked_from_step = event.forked_from_step
                 s.queue = event.queue
             case ev.RunResumed():
-                s.status = RunStatus.RUNNING
                 s.last_reason = event.reason.value
                 s.parked = None
             case ev.StepStarted():
-                s.status = RunStatus.RUNNING
                 prior = s.steps.get(event.step_key)
                 s.steps[event.step_key] = StepState(
                     key=event.step_key,
@@ -301,7 +279,6 @@ class WorkflowRun(BaseAggregate[UUID]):
             case ev.StepPreempted():
                 s.steps[event.step_key].status = StepStatus.PREEMPTED
             case ev.TimerStarted():
-                s.status = RunStatus.WAITING
                 s.steps[event.step_key] = StepState(
                     key=event.step_key,
                     name="sleep",
@@ -311,21 +288,16 @@ class WorkflowRun(BaseAggregate[UUID]):
                     wake_at=event.wake_at,
                 )
             case ev.TimerFired():
-                s.status = RunStatus.RUNNING
                 s.steps[event.step_key].status = StepStatus.COMPLETED
             case ev.RunPreempted():
-                s.status = RunStatus.PREEMPTED
                 s.last_reason = event.reason
             case ev.RunCompleted():
-                s.status = RunStatus.COMPLETED
                 s.output = event.output
             case ev.RunFailed():
-                s.status = RunStatus.FAILED
                 s.error = ErrorInfo(
                     error_type=event.error_type, message=event.message, step_key=event.step_key
                 )
             case ev.RunCancelled():
-                s.status = RunStatus.CANCELLED
                 s.last_reason = f"{event.by}: {event.reason}"
             # -- audit and replay, docs/audit.md --
             case ev.PatchMarked():
@@ -340,7 +312,6 @@ class WorkflowRun(BaseAggregate[UUID]):
                     output=event.output,
                 )
             case ev.RunParked():
-                s.status = RunStatus.PARKED
                 s.last_reason = event.reason
                 s.parked = Divergence(
                     expected=event.expected, actual=event.actual, position=event.position

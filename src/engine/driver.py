@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import events as ev
-from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
+from engine.aggregate import StepState, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
 from engine.definitions import JsonCodec, Step, StepCall, Workflow
 from engine.errors import (
@@ -25,14 +25,17 @@ from engine.errors import (
     EngineError,
     NonDeterminismError,
     OutputEncodingError,
+    StepFailedError,
     StoreUnavailableError,
 )
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
+from engine.status import RunStatus, StepStatus
 from engine.store import RunStore
 from engine.tracing import TRACER
+from engine.unwinding import Abandon, Halt, Suspend
 
 log = get_logger("stepstone.engine")
 
@@ -56,50 +59,6 @@ class _Checkpoint:
     total: int | None
 
 
-class _Abandon(BaseException):
-    """Unwinds everything, writing nothing more from this in-memory run.
-
-    Raised when the run is no longer this worker's to write (a conflict, a lost lease) and
-    when a save failed or may have failed (a store fault): the aggregate has applied events
-    the log may not hold, so any later write from it would leave a hole in the run's
-    versions. The next drive reloads the run from the log. A BaseException, so step and
-    workflow code that catches `Exception` cannot record it as its own failure.
-    """
-
-    def __init__(self, error: EngineError) -> None:
-        self.error = error
-        super().__init__(str(error))
-
-
-class _Halt(BaseException):
-    """Unwinds user code for an engine error that leaves the run consistent (an unencodable
-    checkpoint or return value): what is recorded so far is saved, the run stays resumable,
-    and the error reaches the caller instead of being recorded as the step's failure."""
-
-    def __init__(self, error: EngineError) -> None:
-        self.error = error
-        super().__init__(str(error))
-
-
-class _Suspend(BaseException):
-    """Unwinds to `drive` so a worker can let the run wait (a timer, a retry) without holding
-    a thread; everything recorded so far is saved first."""
-
-    def __init__(self, due: datetime) -> None:
-        self.due = due
-        super().__init__(due.isoformat())
-
-
-class StepFailedError(Exception):
-    """Raised in workflow code when a step failed for good; uncaught, it fails the run."""
-
-    def __init__(self, step_key: str, error_type: str, message: str) -> None:
-        self.step_key = step_key
-        self.error_type = error_type
-        self.error_message = message
-        super().__init__(f"step {step_key} failed: {error_type}: {message}")
-
-
 class RunDriver:
     """Drives one run in this thread (and its fan-out branches in a few more).
 
@@ -108,6 +67,13 @@ class RunDriver:
     `LeaseLostError` once this process may no longer hold the run. `suspend_after_s`, when
     given, makes waits longer than that (retry backoff, durable sleep) end the drive instead
     of blocking, so a worker can hand the run back until it is due; a local drive blocks.
+
+    Its step-execution interface, for fan-out (`engine.fanout`) and the deploy check
+    (`engine.replay_check`): `next_position(name)` gives the next call's key and recorded
+    state, checked against the history; `execute(...)` runs attempts of one step until it
+    completes or fails for good; `record(command, ...)` calls a `WorkflowRun` command as this
+    writer; `save()` commits what is pending; `wait_until(due)` waits (or suspends) for a due
+    time; `replayed(...)` is a step's recorded outcome.
     """
 
     def __init__(
@@ -151,17 +117,17 @@ class RunDriver:
         self._lock = threading.RLock()
 
     # -- recording ------------------------------------------------------------------------
-    def _record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
+    def record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
         """Call one of the run's commands (`self.run.start_step`...) as this writer, now."""
         with self._lock:
             if self._abandoned is not None:
-                raise _Abandon(self._abandoned)
+                raise Abandon(self._abandoned)
             command(*args, at=self.clock(), worker=self.worker_id, **fields)
 
-    def _save(self) -> None:
+    def save(self) -> None:
         with self._lock:
             if self._abandoned is not None:
-                raise _Abandon(self._abandoned)
+                raise Abandon(self._abandoned)
             events = list(self.run.pending_events)
             try:
                 if self.lease_check is not None:
@@ -172,12 +138,12 @@ class RunDriver:
                 # store fault leaves the outcome unknown, and the aggregate holds events the
                 # log may lack. Either way nothing more is written from this copy.
                 self._abandoned = e
-                raise _Abandon(e) from e
+                raise Abandon(e) from e
             except Exception as e:  # an error outside the engine's root: the same rule
                 self._abandoned = StoreUnavailableError(
                     self.store.location.display, f"{type(e).__name__}: {e}"
                 )
-                raise _Abandon(self._abandoned) from e
+                raise Abandon(self._abandoned) from e
             for observer in self.observers:
                 try:
                     observer(self.run, events)
@@ -195,10 +161,10 @@ class RunDriver:
         """
         try:
             return self._drive()
-        except _Abandon as a:
+        except Abandon as a:
             log.warning("run %s abandoned: %s", self.run.id, a.error)
             raise a.error from None
-        except _Halt as h:
+        except Halt as h:
             raise h.error from None
 
     def _drive(self) -> RunResult:
@@ -221,7 +187,7 @@ class RunDriver:
         run = self.run
         if reason is not None:
             # Pending until the first real write: a run that diverges is left untouched.
-            self._record(run.resume, self.resume_reason or reason)
+            self.record(run.resume, self.resume_reason or reason)
         reset = current_runner.set(self)
         try:
             output = self.definition.fn(**self.definition.bind_input(run.state.input))
@@ -233,23 +199,23 @@ class RunDriver:
                 )
             encoded = self.definition.codec.encode(output)
         except Preempted as p:
-            self._record(run.preempt, p.reason)
-            self._save()
+            self.record(run.preempt, p.reason)
+            self.save()
             log.info("run %s preempted: %s", run.id, p.reason)
             return RunResult.of(run)
-        except _Suspend as s:
+        except Suspend as s:
             self._flush_checkpoints()
-            self._save()
+            self.save()
             self.resume_at = s.due
             log.info("run %s waits until %s", run.id, s.due.isoformat())
             return RunResult.of(run, resume_at=s.due)
         except NonDeterminismError:
             raise  # before any write: the log stays exactly as it was
-        except (OutputEncodingError, ConfigurationError, _Halt):
+        except (OutputEncodingError, ConfigurationError, Halt):
             # The engine could not record something (an unencodable value, a bad annotation):
             # keep what is valid, leave the run resumable once the code is fixed.
             self._flush_checkpoints()
-            self._save()
+            self.save()
             raise
         except StepFailedError as e:
             self._fail(e.error_type, e.error_message, e.step_key)
@@ -262,17 +228,17 @@ class RunDriver:
             return RunResult.of(run)
         finally:
             current_runner.reset(reset)
-        self._record(run.complete, encoded)
-        self._save()
+        self.record(run.complete, encoded)
+        self.save()
         return RunResult.of(run)
 
     def _fail(self, error_type: str, message: str, step_key: str | None) -> None:
-        self._record(self.run.fail, error_type, message, step_key)
-        self._save()
+        self.record(self.run.fail, error_type, message, step_key)
+        self.save()
         log.warning("run %s failed: %s: %s", self.run.id, error_type, message)
 
     # -- positions ------------------------------------------------------------------------
-    def _next_position(self, name: str) -> tuple[str, StepState | None]:
+    def next_position(self, name: str) -> tuple[str, StepState | None]:
         """The key of the body's next durable call, checked against the recorded history."""
         if current_step.get() is not None:
             raise RuntimeError(
@@ -299,13 +265,13 @@ class RunDriver:
 
     # -- steps ----------------------------------------------------------------------------
     def call_step(self, step: Step[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key, recorded = self._next_position(step.name)
-        replayed = _replayed(step, key, recorded)
-        if replayed is not _NOT_RECORDED:
-            return replayed
-        return self._execute(step, key, recorded, args, kwargs)
+        key, recorded = self.next_position(step.name)
+        value = replayed(step, key, recorded)
+        if value is not NOT_RECORDED:
+            return value
+        return self.execute(step, key, recorded, args, kwargs)
 
-    def _execute(
+    def execute(
         self,
         step: Step[..., Any],
         key: str,
@@ -326,10 +292,10 @@ class RunDriver:
             if started is None:
                 self._raise_if_preempted()
                 if due is not None:
-                    self._wait_until(due)
+                    self.wait_until(due)
                 attempt += 1
-                self._record(self.run.start_step, key, step.name, attempt)
-                self._save()
+                self.record(self.run.start_step, key, step.name, attempt)
+                self.save()
             else:
                 attempt, started = started, None
             state = self.run.steps[key]
@@ -357,7 +323,7 @@ class RunDriver:
                                            "stepstone.checkpoint": ctx.checkpoint_sequence})
                 TRACER.outcome(span, "preempted")
                 self._flush_checkpoint(key)
-                self._record(
+                self.record(
                     self.run.preempt_step, key, attempt, ctx.checkpoint_sequence, p.reason
                 )
                 raise
@@ -375,8 +341,8 @@ class RunDriver:
             try:
                 encoded = step.codec.encode(value)
             except EngineError as e:  # past user code that could catch it as its own
-                raise _Halt(e) from e
-            self._record(
+                raise Halt(e) from e
+            self.record(
                 self.run.complete_step, key, attempt, encoded, time.perf_counter() - t0
             )
             return step.codec.decode(encoded)
@@ -390,11 +356,11 @@ class RunDriver:
         due = (
             self.clock() + timedelta(seconds=step.retry.delay_s(failures)) if retryable else None
         )
-        self._record(
+        self.record(
             self.run.fail_step, key, attempt, type(error).__name__, str(error),
             retryable=retryable, next_attempt_at=due, duration_s=duration_s,
         )
-        self._save()
+        self.save()
         log.info(
             "step %s attempt %d failed (%s: %s)%s", key, attempt, type(error).__name__, error,
             f"; retry at {due.isoformat()}" if due else "; not retried",
@@ -415,37 +381,37 @@ class RunDriver:
             return True
         if self._position < len(self._history):
             return False
-        self._record(self.run.mark_patch, change_id)
+        self.record(self.run.mark_patch, change_id)
         return True
 
     def _raise_if_preempted(self) -> None:
         if self.token.requested:
             raise Preempted(self.token.reason)
 
-    def _wait_until(self, due: datetime) -> None:
+    def wait_until(self, due: datetime) -> None:
         delay = (due - self.clock()).total_seconds()
         if delay <= 0:
             return
         if self.suspend_after_s is not None and delay > self.suspend_after_s:
-            raise _Suspend(due)
+            raise Suspend(due)
         if self.token.wait(delay):
             raise Preempted(self.token.reason)
 
     # -- durable sleep --------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
         """Wait durably: the wake time is recorded first, so a restart keeps the deadline."""
-        key, recorded = self._next_position("sleep")
+        key, recorded = self.next_position("sleep")
         if recorded is not None and recorded.status is StepStatus.COMPLETED:
             return
         self._raise_if_preempted()
         if recorded is None or recorded.wake_at is None:
             wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
-            self._record(self.run.start_timer, key, wake_at, seconds)
-            self._save()
+            self.record(self.run.start_timer, key, wake_at, seconds)
+            self.save()
         else:
             wake_at = recorded.wake_at
-        self._wait_until(wake_at)
-        self._record(self.run.fire_timer, key)  # held, like a completion
+        self.wait_until(wake_at)
+        self.record(self.run.fire_timer, key)  # held, like a completion
 
     # -- fan-out --------------------------------------------------------------------------
     def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
@@ -463,7 +429,7 @@ class RunDriver:
         try:
             encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
         except EngineError as e:  # not the step's failure: the run stays resumable
-            raise _Halt(e) from e
+            raise Halt(e) from e
         ctx.checkpoint_sequence += 1
         ctx.last_checkpoint = encoded
         now = time.monotonic()
@@ -485,27 +451,27 @@ class RunDriver:
         cp = self._pending_checkpoints.pop(key, None)
         if cp is None:
             return
-        self._record(
+        self.record(
             self.run.checkpoint_step, cp.ctx.step_key, cp.ctx.attempt,
             cp.ctx.checkpoint_sequence, cp.state, cp.done, cp.total,
         )
-        self._save()
+        self.save()
 
 
-_NOT_RECORDED: Any = object()
+NOT_RECORDED: Any = object()
 
 
-def _replayed(step: Step[..., Any], key: str, recorded: StepState | None) -> Any:
-    """The recorded outcome of a step, or `_NOT_RECORDED` if it has to run (again)."""
+def replayed(step: Step[..., Any], key: str, recorded: StepState | None) -> Any:
+    """The recorded outcome of a step, or `NOT_RECORDED` if it has to run (again)."""
     if recorded is None:
-        return _NOT_RECORDED
+        return NOT_RECORDED
     if recorded.status is StepStatus.COMPLETED:
         return step.codec.decode(recorded.output)
     if recorded.status is StepStatus.FAILED and not recorded.retryable:
         err = recorded.error
         assert err is not None
         raise StepFailedError(key, err.error_type, err.message)
-    return _NOT_RECORDED
+    return NOT_RECORDED
 
 
 def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:

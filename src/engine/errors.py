@@ -196,3 +196,13 @@ class RunParkedError(NonDeterminismError):
             "history (guard the change with patched(...)), then `stepstone resume "
             f"{run_id}`; `stepstone replay --check` tells which runs a deploy would park.",
         )
+
+
+class StepFailedError(EngineError):
+    """Raised in workflow code when a step failed for good; uncaught, it fails the run."""
+
+    def __init__(self, step_key: str, error_type: str, message: str) -> None:
+        self.step_key = step_key
+        self.error_type = error_type
+        self.error_message = message
+        super().__init__(f"step {step_key} failed: {error_type}: {message}")

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
+import orjson
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +33,12 @@ class ResumeReason(StrEnum):
     TIMER_DUE = "timer_due"
     LEASE_EXPIRED = "lease_expired"
     STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """`value` as compact JSON, cut to `limit` characters with an ellipsis."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RunEvent(BaseModel, CanMutateAggregate[UUID]):
@@ -58,6 +65,11 @@ class RunEvent(BaseModel, CanMutateAggregate[UUID]):
     def apply(self, aggregate: WorkflowRun) -> None:
         aggregate.when(self)
 
+    def summary(self) -> str:
+        """What a reader of the log or the timeline needs of this event, in one line (the
+        step key and attempt are shown beside it, not in it)."""
+        return ""
+
 
 class RunStarted(RunEvent, CanInitAggregate[UUID]):
     # v2 (audit): a fork names the run it reuses outputs from and the step it re-executes from.
@@ -81,9 +93,21 @@ class RunStarted(RunEvent, CanInitAggregate[UUID]):
         state["forked_from_step"] = None
     queue: str = "default"
 
+    def summary(self) -> str:
+        text = (f"{self.workflow} v{self.workflow_version} code {self.code_fingerprint} "
+                f"input {short(self.input)}")
+        if self.idempotency_key:
+            text += f" key {self.idempotency_key!r}"
+        if self.parent_run_id:
+            text += f" forked from {self.parent_run_id} at {self.forked_from_step}"
+        return text
+
 
 class RunResumed(RunEvent):
     reason: ResumeReason
+
+    def summary(self) -> str:
+        return f"reason {self.reason.value}"
 
 
 class StepStarted(RunEvent):
@@ -100,12 +124,20 @@ class StepCheckpointed(RunEvent):
     progress_done: int | None = None
     progress_total: int | None = None
 
+    def summary(self) -> str:
+        progress = (f" progress {self.progress_done}/{self.progress_total}"
+                    if self.progress_total is not None else "")
+        return f"checkpoint #{self.sequence}{progress} state {short(self.state, 50)}"
+
 
 class StepCompleted(RunEvent):
     step_key: str
     attempt: int
     output: Any
     duration_s: float
+
+    def summary(self) -> str:
+        return f"took {self.duration_s:.3f}s output {short(self.output)}"
 
 
 class StepFailed(RunEvent):
@@ -117,12 +149,22 @@ class StepFailed(RunEvent):
     next_attempt_at: datetime | None
     duration_s: float
 
+    def summary(self) -> str:
+        retry = (f"retry at {self.next_attempt_at.isoformat()}"
+                 if self.retryable and self.next_attempt_at else
+                 "retried" if self.retryable else "not retried")
+        return (f"{self.error_type}: {short(self.message, 60)[1:-1]} "
+                f"(took {self.duration_s:.3f}s; {retry})")
+
 
 class StepPreempted(RunEvent):
     step_key: str
     attempt: int
     last_checkpoint_sequence: int
     reason: str
+
+    def summary(self) -> str:
+        return f"{self.reason} (last checkpoint #{self.last_checkpoint_sequence})"
 
 
 class TimerStarted(RunEvent):
@@ -132,6 +174,9 @@ class TimerStarted(RunEvent):
     wake_at: datetime
     duration_s: float
 
+    def summary(self) -> str:
+        return f"until {self.wake_at.isoformat()}"
+
 
 class TimerFired(RunEvent):
     step_key: str
@@ -140,9 +185,15 @@ class TimerFired(RunEvent):
 class RunPreempted(RunEvent):
     reason: str
 
+    def summary(self) -> str:
+        return f"reason {self.reason}"
+
 
 class RunCompleted(RunEvent):
     output: Any
+
+    def summary(self) -> str:
+        return f"output {short(self.output)}"
 
 
 class RunFailed(RunEvent):
@@ -150,10 +201,16 @@ class RunFailed(RunEvent):
     message: str
     step_key: str | None
 
+    def summary(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
 
 class RunCancelled(RunEvent):
     by: str
     reason: str
+
+    def summary(self) -> str:
+        return f"by {self.by}: {self.reason}"
 
 
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
@@ -164,6 +221,9 @@ class PatchMarked(RunEvent):
 
     change_id: str
 
+    def summary(self) -> str:
+        return f"took the new path of patch {self.change_id!r}"
+
 
 class StepReused(RunEvent):
     """A fork took this step's recorded output from its parent run instead of running it."""
@@ -173,6 +233,9 @@ class StepReused(RunEvent):
     output: Any
     reused_from: UUID
 
+    def summary(self) -> str:
+        return f"output of run {self.reused_from} reused: {short(self.output)}"
+
 
 class RunParked(RunEvent):
     """Resuming diverged from the run's history; it waits for compatible code."""
@@ -181,6 +244,9 @@ class RunParked(RunEvent):
     expected: str
     actual: str
     position: int
+
+    def summary(self) -> str:
+        return f"PARKED: {self.reason}"
 
 
 EVENT_TYPES: tuple[type[RunEvent], ...] = (

@@ -13,19 +13,13 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from engine.aggregate import StepState, StepStatus
+from engine.aggregate import StepState
 from engine.definitions import Step, StepCall
-from engine.driver import (
-    _NOT_RECORDED,
-    RunDriver,
-    StepFailedError,
-    _Abandon,
-    _Halt,
-    _replayed,
-    _Suspend,
-)
-from engine.errors import NonDeterminismError
+from engine.driver import NOT_RECORDED, RunDriver, replayed
+from engine.errors import NonDeterminismError, StepFailedError
 from engine.preemption import Preempted
+from engine.status import StepStatus
+from engine.unwinding import Abandon, Halt, Suspend
 
 
 def gather_branches(
@@ -50,9 +44,9 @@ def gather_branches(
     def branch(step: Step[..., Any], key: str, recorded: StepState | None,
                call: StepCall[Any], attempt: int) -> Any:
         try:
-            value = driver._execute(step, key, recorded, call.args, call.kwargs,
+            value = driver.execute(step, key, recorded, call.args, call.kwargs,
                                   started=attempt)
-            driver._save()
+            driver.save()
             return value
         except BaseException:
             stop.set()
@@ -65,20 +59,20 @@ def gather_branches(
         for i, call in enumerate(calls):
             if stop.is_set() or driver.token.requested:
                 break
-            key, recorded = driver._next_position(call.step.name)
+            key, recorded = driver.next_position(call.step.name)
             try:
-                replayed = _replayed(call.step, key, recorded)
+                value = replayed(call.step, key, recorded)
             except StepFailedError as e:
                 failures[i] = e
                 break
-            if replayed is not _NOT_RECORDED:
-                results[i] = replayed
+            if value is not NOT_RECORDED:
+                results[i] = value
                 covered += 1
                 continue
             if recorded is not None and recorded.next_attempt_at is not None \
                     and recorded.status is StepStatus.FAILED:
                 try:
-                    driver._wait_until(recorded.next_attempt_at)
+                    driver.wait_until(recorded.next_attempt_at)
                 except BaseException as e:
                     failures[i] = e
                     break
@@ -90,8 +84,8 @@ def gather_branches(
                     slots.release()
                     break
                 attempt = (recorded.attempt if recorded else 0) + 1
-                driver._record(driver.run.start_step, key, call.step.name, attempt)
-                driver._save()
+                driver.record(driver.run.start_step, key, call.step.name, attempt)
+                driver.save()
                 ctx = contextvars.copy_context()
                 futures[i] = pool.submit(ctx.run, branch, call.step, key, recorded, call,
                                          attempt)
@@ -115,7 +109,7 @@ def gather_branches(
 # about the run's state wins (losing the run beats a divergence beats an engine error beats a
 # stop beats a failure).
 _SEVERITY: tuple[type[BaseException], ...] = (
-    _Abandon, NonDeterminismError, _Halt, Preempted, _Suspend, StepFailedError,
+    Abandon, NonDeterminismError, Halt, Preempted, Suspend, StepFailedError,
 )
 
 
@@ -123,7 +117,7 @@ def _most_severe(failures: dict[int, BaseException]) -> BaseException:
     for kind in _SEVERITY:
         found = [failures[i] for i in sorted(failures) if isinstance(failures[i], kind)]
         if found:
-            if kind is _Suspend:
+            if kind is Suspend:
                 return min(found, key=lambda e: e.due)  # type: ignore[attr-defined]
             return found[0]
     return failures[min(failures)]

@@ -12,9 +12,10 @@ import uuid
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from engine.aggregate import StepStatus, WorkflowRun
+from engine.aggregate import WorkflowRun
 from engine.driver import utc_now
 from engine.errors import EngineError
+from engine.status import StepStatus
 
 if TYPE_CHECKING:
     from engine.engine import Engine

@@ -12,7 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from engine import events as ev
 from engine.aggregate import WorkflowRun
+from engine.status import status_after
 
 _STEP_LABELS = ("workflow", "step")
 
@@ -57,29 +59,30 @@ class WorkerMetrics:
     def observe(self, run: WorkflowRun, events: Sequence[Any]) -> None:
         workflow = run.state.workflow
         for e in events:
-            kind = type(e).__name__
-            key = getattr(e, "step_key", None)
-            labels = (workflow, _step_name(key)) if key else None
-            if kind == "StepStarted" and labels:
-                self.steps_started.labels(*labels).inc()
-                if e.attempt > 1:
-                    self.retries.labels(*labels).inc()
-            elif kind == "StepCompleted" and labels:
-                self.steps_completed.labels(*labels).inc()
-                self.step_seconds.labels(*labels, "completed").observe(e.duration_s)
-            elif kind == "StepFailed" and labels:
-                self.steps_failed.labels(*labels).inc()
-                self.step_seconds.labels(*labels, "failed").observe(e.duration_s)
-            elif kind == "StepPreempted" and labels:
-                self.steps_preempted.labels(*labels).inc()
-            elif kind == "StepCheckpointed" and labels:
-                self.checkpoints.labels(*labels).inc()
-            elif kind == "RunCompleted":
-                self.runs_finished.labels(workflow, "completed").inc()
-            elif kind == "RunFailed":
-                self.runs_finished.labels(workflow, "failed").inc()
-            elif kind == "RunPreempted":
-                self.runs_preempted.labels(workflow).inc()
+            match e:
+                case ev.StepStarted():
+                    labels = (workflow, _step_name(e.step_key))
+                    self.steps_started.labels(*labels).inc()
+                    if e.attempt > 1:
+                        self.retries.labels(*labels).inc()
+                case ev.StepCompleted():
+                    labels = (workflow, _step_name(e.step_key))
+                    self.steps_completed.labels(*labels).inc()
+                    self.step_seconds.labels(*labels, "completed").observe(e.duration_s)
+                case ev.StepFailed():
+                    labels = (workflow, _step_name(e.step_key))
+                    self.steps_failed.labels(*labels).inc()
+                    self.step_seconds.labels(*labels, "failed").observe(e.duration_s)
+                case ev.StepPreempted():
+                    self.steps_preempted.labels(workflow, _step_name(e.step_key)).inc()
+                case ev.StepCheckpointed():
+                    self.checkpoints.labels(workflow, _step_name(e.step_key)).inc()
+                case ev.RunCompleted() | ev.RunFailed() | ev.RunCancelled():
+                    status = status_after(type(e))
+                    assert status is not None
+                    self.runs_finished.labels(workflow, status.value).inc()
+                case ev.RunPreempted():
+                    self.runs_preempted.labels(workflow).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on `host:port` from a daemon thread."""

@@ -11,12 +11,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from engine import events as ev
 from engine.aggregate import WorkflowRun
 from engine.logcontext import get_logger
 
 log = get_logger("stepstone.events")
 
-_DEBUG = frozenset({"StepStarted", "StepCompleted", "StepCheckpointed", "TimerFired"})
+_DEBUG = (ev.StepStarted, ev.StepCompleted, ev.StepCheckpointed, ev.TimerFired)
 
 
 def log_events(run: WorkflowRun, events: Sequence[Any]) -> None:
@@ -24,12 +25,12 @@ def log_events(run: WorkflowRun, events: Sequence[Any]) -> None:
         return
     for event in events:
         kind = type(event).__name__
-        level = logging.DEBUG if kind in _DEBUG else logging.INFO
+        level = logging.DEBUG if isinstance(event, _DEBUG) else logging.INFO
         if not log.isEnabledFor(level):
             continue
         key = getattr(event, "step_key", None)
         attempt = getattr(event, "attempt", None)
-        detail = _detail(kind, event)
+        detail = event.summary()
         log.log(
             level,
             "%s%s%s%s",
@@ -47,18 +48,3 @@ def log_events(run: WorkflowRun, events: Sequence[Any]) -> None:
                 "event": kind,
             },
         )
-
-
-def _detail(kind: str, event: Any) -> str:
-    if kind == "StepFailed":
-        retry = f"; retry at {event.next_attempt_at.isoformat()}" if event.retryable else ""
-        return f"{event.error_type}: {event.message}{retry}"
-    if kind in ("RunFailed",):
-        return f"{event.error_type}: {event.message}"
-    if kind in ("RunPreempted", "StepPreempted", "RunResumed"):
-        return str(event.reason)
-    if kind == "StepCheckpointed":
-        return f"checkpoint {event.sequence}"
-    if kind == "TimerStarted":
-        return f"until {event.wake_at.isoformat()}"
-    return ""

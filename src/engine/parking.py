@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from engine.aggregate import Divergence, RunStatus
+from engine.aggregate import Divergence
 from engine.driver import Clock
 from engine.errors import NonDeterminismError, RunConflictError, RunParkedError
 from engine.logcontext import get_logger
+from engine.status import RunStatus
 from engine.store import RunStore
 
 log = get_logger("stepstone.engine")

@@ -18,13 +18,14 @@ from datetime import datetime
 from typing import Any, Literal, cast
 from uuid import UUID
 
-from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
+from engine.aggregate import StepState, WorkflowRun
 from engine.context import current_runner
 from engine.definitions import Step, Workflow
-from engine.driver import RunDriver, StepFailedError
-from engine.errors import NonDeterminismError
+from engine.driver import RunDriver
+from engine.errors import NonDeterminismError, StepFailedError
 from engine.events import RunEvent
 from engine.preemption import PreemptionToken
+from engine.status import RunStatus, StepStatus
 from engine.store import RunStore
 
 Outcome = Literal["resumes", "replays", "diverges", "raises"]
@@ -83,7 +84,7 @@ class _NewHistory(BaseException):
 class _CheckingDriver(RunDriver):
     """The engine's driver with its two side effects cut off: no step runs, nothing is saved."""
 
-    def _execute(
+    def execute(
         self,
         step: Step[..., Any],
         key: str,
@@ -96,14 +97,14 @@ class _CheckingDriver(RunDriver):
         raise _NewHistory(key)
 
     def sleep(self, seconds: float) -> None:
-        key, recorded = self._next_position("sleep")
+        key, recorded = self.next_position("sleep")
         if recorded is None or recorded.status is not StepStatus.COMPLETED:
             raise _NewHistory(key)
 
-    def _wait_until(self, due: datetime) -> None:
+    def wait_until(self, due: datetime) -> None:
         raise _NewHistory(None)  # a retry or a timer is due: a resume goes on from here
 
-    def _save(self) -> None:
+    def save(self) -> None:
         return None
 
     def check(self) -> CheckResult:
@@ -147,7 +148,7 @@ class _CheckingDriver(RunDriver):
 
 
 def _write_nothing(run: WorkflowRun) -> None:
-    """The checking driver's saver; `_save` is cut off too, this is belt and braces."""
+    """The checking driver's saver; `save` is cut off too, this is belt and braces."""
 
 
 def run_of(events: Iterable[RunEvent]) -> WorkflowRun:
@@ -163,7 +164,7 @@ def run_of(events: Iterable[RunEvent]) -> WorkflowRun:
 def check_run(run: WorkflowRun, workflow: Workflow[..., Any]) -> CheckResult:
     """Check an already loaded run (as `RunStore.load` returns it) against `workflow`."""
     driver = _CheckingDriver(
-        cast(RunStore, None),  # never used: _save is cut off
+        cast(RunStore, None),  # never used: save is cut off
         run,
         workflow,
         worker_id="replay-check",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from engine.aggregate import RunStatus, StepStatus, WorkflowRun
+from engine.aggregate import WorkflowRun
 from engine.events import RunEvent
+from engine.status import RunStatus, StepStatus
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class HistoryEntry:
     fields: dict[str, Any]
     hash: str | None = None  # audit: the event's link in its run's hash chain (engine.chain)
     prev_hash: str | None = None
+    summary: str = field(default="", compare=False)
+    """The event's one-line summary (`RunEvent.summary`), as logs and the timeline show it."""
 
     @classmethod
     def of(cls, position: int, event: RunEvent) -> HistoryEntry:
@@ -113,4 +116,5 @@ class HistoryEntry:
             fields=event.model_dump(mode="json", exclude=_ENVELOPE),
             hash=event.hash,
             prev_hash=event.prev_hash,
+            summary=event.summary(),
         )

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from engine.aggregate import StepStatus, WorkflowRun
+from engine.aggregate import WorkflowRun
 from engine.errors import EngineError
+from engine.status import StepStatus
 from engine.store import RunStore
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import orjson
 
-from engine import HistoryEntry, RunInfo, RunResult
+from engine import RunInfo, RunResult
 
 
 def emit_json(data: Any) -> None:
@@ -41,17 +41,3 @@ def show_runs(infos: list[RunInfo]) -> None:
             f"{i.run_id!s:36}  {i.workflow[:20]:20} {i.status.value:10} "
             f"{i.steps_completed:>7}  {i.started_at:%Y-%m-%d %H:%M:%S}"
         )
-
-
-def show_history(entries: list[HistoryEntry]) -> None:
-    click.echo(f"{'POS':>7} {'VER':>5}  {'TIME (UTC)':23}  {'EVENT':17} {'WORKER':18} DETAILS")
-    for e in entries:
-        click.echo(
-            f"{e.position:>7} {e.version:>5}  {e.timestamp:%Y-%m-%d %H:%M:%S.%f}"[:-3]
-            + f"  {e.event_type:17} {e.worker_id[:18]:18} {_details(e.fields)}"
-        )
-
-
-def _details(fields: dict[str, Any]) -> str:
-    text = " ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in fields.items() if v is not None)
-    return text if len(text) <= 160 else text[:157] + "..."

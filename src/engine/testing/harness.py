@@ -35,11 +35,11 @@ from uuid import UUID
 
 import orjson
 
-from engine.aggregate import RunStatus
 from engine.definitions import Workflow
 from engine.engine import Engine, load_workflow
 from engine.results import HistoryEntry
 from engine.settings import Settings
+from engine.status import RunStatus
 from engine.testing.faults import Fault, FaultInjector, InjectedHalt, instrumented
 
 CHILD_TIMEOUT_S = 300.0

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from engine.aggregate import RunStatus, StepState, StepStatus, WorkflowRun
+from engine.aggregate import StepState, WorkflowRun
 from engine.context import current_runner
 from engine.definitions import Step, StepCall, Workflow
-from engine.driver import StepFailedError
 from engine.engine import Engine, load_workflow
-from engine.errors import NonDeterminismError
+from engine.errors import NonDeterminismError, StepFailedError
+from engine.status import RunStatus, StepStatus
 
 
 class ReplayMismatchError(AssertionError):
