@@ -34,7 +34,7 @@ from engine.errors import (
 from engine.patching import patched
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
 from engine.replay_check import CheckResult, check_history
-from engine.results import HistoryEntry, RunInfo, RunResult
+from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
 from engine.status import RunStatus, StepStatus
@@ -53,6 +53,7 @@ __all__ = [
     "NonDeterminismError",
     "NonRetryableError",
     "OutputEncodingError",
+    "Placement",
     "Preempted",
     "PreemptionToken",
     "RetryPolicy",

@@ -39,7 +39,7 @@ from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.parking import park
 from engine.preemption import PreemptionToken
-from engine.results import HistoryEntry, RunInfo, RunResult
+from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.settings import Settings
 from engine.status import RunStatus
 from engine.store import RunStore
@@ -121,9 +121,9 @@ class Engine:
             self._leases = LeaseStore(self.location)
         return self._leases
 
-    @property
-    def keeper(self) -> LeaseKeeper:
-        """Renews the leases this process holds, in a background thread."""
+    def lease_keeper(self) -> LeaseKeeper:
+        """Renews the leases this process holds, in a background thread started on the first
+        call (a process that only reads never starts one)."""
         if self._keeper is None:
             self._keeper = LeaseKeeper(
                 self.leases,
@@ -251,7 +251,7 @@ class Engine:
         the log and driven again, with backoff, under the same lease; past that, or once
         preemption is requested, `StoreUnavailableError` is raised with the progress saved.
         """
-        keeper = self.keeper
+        keeper = self.lease_keeper()
         keeper.hold(run_id, since=since)
         faults = StoreFaults(self.settings.store_retry_s, self.token)
         try:
@@ -369,6 +369,21 @@ class Engine:
     # -- reading --------------------------------------------------------------------------
     def status(self, run_id: UUID) -> RunInfo:
         return RunInfo.of(self.store.load(run_id))
+
+    def placement(self, run_id: UUID) -> Placement | None:
+        """The run's row in the runnable index, its lease judged live or not at this moment
+        on the store's clock; None if the run has no row (yet)."""
+        row = self.leases.row(run_id)
+        if row is None:
+            return None
+        now = self.leases.clock()
+        held = row.lease_expires_at is not None and row.lease_expires_at > now
+        return Placement(
+            queue=row.queue,
+            state="leased" if held and row.state == READY else row.state,
+            held_by=row.lease_owner if held else None,
+            note=row.note,
+        )
 
     def wait(self, run_id: UUID, *, timeout_s: float | None = None,
              poll_s: float = 0.1) -> RunInfo:

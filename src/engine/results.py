@@ -61,6 +61,18 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a run stands in the runnable index beside the log: who should drive it next."""
+
+    queue: str
+    state: str
+    """ready, leased (held by a live lease now), done or parked."""
+    held_by: str | None
+    """The worker whose lease is live now, if any."""
+    note: str | None
+
+
+@dataclass(frozen=True)
 class RunResult:
     """How a drive of a run ended: finished (completed/failed) or stopped (preempted)."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,6 +68,21 @@ class Settings(BaseSettings):
         description="a run whose worker died this many times in a row is parked, not "
         "claimed again (a step that kills its process would crash every worker in turn)",
     )
+    @model_validator(mode="after")
+    def _heartbeat_shorter_than_lease(self) -> Self:
+        if self.heartbeat_interval_s >= self.lease_duration_s:
+            raise ValueError(
+                f"the heartbeat interval ({self.heartbeat_interval_s}s) must be shorter than "
+                f"the lease ({self.lease_duration_s}s), or leases expire between heartbeats"
+            )
+        return self
+
+    def for_worker(self) -> Settings:
+        """These settings sized for a worker: every run in flight saves through the store's
+        connection pool, plus one connection for claims and reads."""
+        pool = max(self.postgres_pool_size, self.worker_concurrency + 1)
+        return self.model_copy(update={"postgres_pool_size": pool})
+
     api_token: SecretStr | None = Field(
         default=None,
         description="bearer token the HTTP API requires on every route but /healthz "

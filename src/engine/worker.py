@@ -99,7 +99,7 @@ class Worker:
         leases = engine.leases
         if self.queue_limits:
             leases.set_limits([(queue_scope(q), n) for q, n in self.queue_limits])
-        engine.keeper  # noqa: B018 - start heartbeats before the first claim
+        engine.lease_keeper()  # heartbeats run before the first claim
         listener = _start_listener(self)
         log.info(
             "worker %s started: %d slots, queues %s, lease %gs, heartbeat %gs",

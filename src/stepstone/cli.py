@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -245,13 +244,12 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
     with open_engine(database_url, create=False) as engine:
         info = engine.status(rid)
         fields = output.info_dict(info)
-        row = engine.leases.row(rid)
-        if row is not None:  # who should drive it next (the index beside the log)
-            held = row.lease_expires_at is not None and row.lease_expires_at > time.time()
-            fields["queue"] = row.queue
-            fields["queue_state"] = "leased" if held and row.state == "ready" else row.state
-            fields["held_by"] = row.lease_owner if held else None
-            fields["queue_note"] = row.note
+        place = engine.placement(rid)
+        if place is not None:  # who should drive it next (the index beside the log)
+            fields["queue"] = place.queue
+            fields["queue_state"] = place.state
+            fields["held_by"] = place.held_by
+            fields["queue_note"] = place.note
         if as_json:
             output.emit_json(fields)
         else:

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import click
+from pydantic import ValidationError
 
 from engine import Engine, EngineError, Settings
 
@@ -68,12 +69,24 @@ def open_engine(database_url: str | None, *, create: bool = True) -> Iterator[En
         engine = Engine(settings, create=create)
     except EngineError as e:
         fail(str(e))
+    except ValidationError as e:
+        fail(settings_error(e))
     try:
         yield engine
     except EngineError as e:
         fail(str(e))
     finally:
         engine.close()
+
+
+def settings_error(error: ValidationError) -> str:
+    """A settings error in one line per problem, naming the STEPSTONE_ variable to fix."""
+    problems = [
+        f"{'STEPSTONE_' + str(e['loc'][0]).upper() if e['loc'] else 'settings'}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    ]
+    return "invalid settings: " + "; ".join(problems)
 
 
 def parse_run_id(text: str) -> UUID:

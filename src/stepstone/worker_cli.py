@@ -8,12 +8,19 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 
 from engine import Engine, EngineError, Settings, signals_request_preemption
 from engine.logcontext import get_logger
 from engine.metrics import WorkerMetrics
 from engine.worker import Worker
-from stepstone.common import EXIT_FORCED, fail, log_format_option, setup_logging
+from stepstone.common import (
+    EXIT_FORCED,
+    fail,
+    log_format_option,
+    settings_error,
+    setup_logging,
+)
 
 log = get_logger("stepstone.worker")
 
@@ -72,15 +79,11 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
         for module in imports:
             importlib.import_module(module)
         settings = Settings(**overrides)  # type: ignore[arg-type]
-        if settings.heartbeat_interval_s >= settings.lease_duration_s:
-            fail(f"the heartbeat ({settings.heartbeat_interval_s}s) must be shorter than the "
-                 f"lease ({settings.lease_duration_s}s)")
-        # Every run in flight saves through the store's pool, plus one for reads.
-        pool = max(settings.postgres_pool_size, settings.worker_concurrency + 1)
-        settings = settings.model_copy(update={"postgres_pool_size": pool})
-        engine = Engine(settings)
+        engine = Engine(settings.for_worker())
     except ImportError as e:
         fail(f"--import: {e}")
+    except ValidationError as e:
+        fail(settings_error(e))
     except EngineError as e:
         fail(str(e))
 
