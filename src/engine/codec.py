@@ -52,10 +52,12 @@ class PydanticMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         """Decode one stored event, upcasting it from an older class version.
 
-        `UnknownEventError` (upgrade Stepstone) only when the event is really from a newer
-        release: a type of this package's vocabulary that this release lacks, or a class
-        version above this release's. Anything else that does not decode is damage to the
-        log (`DamagedLogError`), which no upgrade fixes.
+        `UnknownEventError` advises upgrading Stepstone only when the event is really from a
+        newer release: a type of this package's vocabulary that this release lacks, or a class
+        version above this release's. JSON that does not fit the event class is
+        `UnknownEventError` that points at an upcaster or at `stepstone verify`; bytes that
+        are not a JSON object, or a type from no release, are damage (`DamagedLogError`),
+        which no upgrade fixes.
         """
         topic = stored_event.topic
         run_id = stored_event.originator_id
@@ -73,6 +75,8 @@ class PydanticMapper(Mapper[UUID]):
             if self.compressor:
                 data = self.compressor.decompress(data)
             state: dict[str, Any] = self.transcoder.decode(data)
+            if not isinstance(state, dict):
+                raise TypeError(f"a JSON {type(state).__name__}, not an object")
             from_version = state.pop("class_version", 1)
             known = getattr(cls, "class_version", 1)
             if isinstance(from_version, int) and from_version > known:
@@ -86,7 +90,11 @@ class PydanticMapper(Mapper[UUID]):
             state["originator_id"] = run_id
             state["originator_version"] = version
             return cls.model_validate(state)
-        except (orjson.JSONDecodeError, ValidationError, AttributeError, TypeError) as e:
+        except (ValidationError, AttributeError) as e:
+            # JSON an event class could have written, not what this release's class reads.
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UnknownEventError(topic, run_id, version, reason, newer=False) from e
+        except (orjson.JSONDecodeError, TypeError) as e:  # bytes no release wrote
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DamagedLogError(
                 run_id, version, None, f"its {topic.rpartition(':')[2]} payload does not "

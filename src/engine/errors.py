@@ -150,13 +150,21 @@ class WorkflowFailedError(EngineError):
 class UnknownEventError(EngineError):
     """A stored event's type is not known to this code, or cannot be decoded."""
 
-    def __init__(self, topic: str, run_id: UUID | str, version: int, reason: str) -> None:
+    def __init__(
+        self, topic: str, run_id: UUID | str, version: int, reason: str, *, newer: bool = True
+    ) -> None:
         self.topic = topic
         self.run_id = run_id
         self.version = version
+        advice = (
+            "Upgrade Stepstone to a release that knows this event type."
+            if newer else
+            "Its JSON does not fit this release's event class: an upcaster is missing, or the "
+            f"event was edited (`stepstone verify {run_id}` tells which)."
+        )
         super().__init__(
             f"cannot decode stored event {topic!r} (run {run_id}, version {version}): {reason}. "
-            "Upgrade Stepstone to a release that knows this event type."
+            + advice
         )
 
 
