@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from engine.driver import utc_now
@@ -31,9 +32,11 @@ from engine.errors import (
 from engine.events import ResumeReason
 from engine.leases import PARKED, READY, Claim, queue_scope
 from engine.logcontext import bound, get_logger
-from engine.metrics import WorkerMetrics
 from engine.parking import park_crash_loop
 from engine.results import RunResult
+
+if TYPE_CHECKING:  # prometheus-client is the optional `metrics` extra
+    from engine.metrics import WorkerMetrics
 
 log = get_logger("stepstone.worker")
 

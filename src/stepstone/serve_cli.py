@@ -19,6 +19,7 @@ import click
 
 from engine import EngineError, Settings
 from stepstone.common import fail
+from stepstone.extras import COMMAND_EXTRAS, missing
 
 
 @click.command("serve")
@@ -38,9 +39,12 @@ def serve(host: str, port: int, database_url: str | None, no_projector: bool,
     Set STEPSTONE_API_TOKEN to require `Authorization: Bearer <token>` on every route but
     /healthz.
     """
-    import uvicorn
+    try:
+        import uvicorn
 
-    from api import create_app
+        from api import create_app
+    except ImportError as e:
+        missing(COMMAND_EXTRAS["serve"], "`stepstone serve`", e)
 
     try:
         settings = Settings(database_url=database_url) if database_url else Settings()

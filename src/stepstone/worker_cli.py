@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from engine import Engine, EngineError, Settings, signals_request_preemption
 from engine.logcontext import get_logger
-from engine.metrics import WorkerMetrics
 from engine.worker import Worker
 from stepstone.common import (
     EXIT_FORCED,
@@ -21,6 +20,7 @@ from stepstone.common import (
     settings_error,
     setup_logging,
 )
+from stepstone.extras import OPTION_EXTRAS, missing
 
 log = get_logger("stepstone.worker")
 
@@ -90,8 +90,14 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
     def notice(signame: str) -> None:
         log.info("%s: draining (Ctrl-C again to force exit)", signame)
 
-    metrics = WorkerMetrics()
+    metrics = None
     if metrics_port is not None:
+        try:
+            from engine.metrics import WorkerMetrics
+        except ImportError as e:
+            engine.close()
+            missing(OPTION_EXTRAS["--metrics-port"], "--metrics-port", e)
+        metrics = WorkerMetrics()
         try:
             metrics.serve(metrics_port, metrics_host)
         except OSError as e:
