@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_worker_id() -> str:
@@ -66,3 +67,15 @@ class Settings(BaseSettings):
         description="bearer token the HTTP API requires on every route but /healthz "
         "(unset: no token)",
     )
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the HTTP API answers to besides the ones it is bound to "
+        "(comma-separated in the environment; * turns the DNS-rebinding check off)",
+    )
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value

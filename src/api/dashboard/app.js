@@ -15,11 +15,78 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The token lives in this tab's sessionStorage, which no other origin (another port of the
+// same host included) can read, and goes out as a header: never as a cookie, which every
+// server on this host would be sent.
+const TOKEN_KEY = "stepstone.token";
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+function askToken() {
+  closeStreams();
+  $("list-view").hidden = true; $("run-view").hidden = true; $("login-view").hidden = false;
+  setLive(false, "token required");
+  $("token").focus();
+}
+
 async function getJSON(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-  if (r.status === 401) { location.reload(); throw new Error("token required"); }
+  const r = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() }, credentials: "omit" });
+  if (r.status === 401) { askToken(); throw new Error("token required"); }
   if (!r.ok) throw new Error((await r.json().catch(() => ({}))).detail || r.statusText);
   return r.json();
+}
+
+// Server-Sent Events over fetch: EventSource cannot send an Authorization header.
+class EventStream {
+  constructor(path, handlers) {
+    this.path = path; this.handlers = handlers;
+    this.abort = new AbortController(); this.closed = false;
+    this.run();
+  }
+  close() { this.closed = true; this.abort.abort(); }
+  emit(type, data) { const h = this.handlers[type]; if (h) h(data); }
+  async run() {
+    let delay = 1000;
+    while (!this.closed) {
+      try {
+        const r = await fetch(this.path, { headers: { Accept: "text/event-stream", ...authHeaders() },
+          credentials: "omit", cache: "no-store", signal: this.abort.signal });
+        if (r.status === 401) { askToken(); return; }
+        if (!r.ok || !r.body) throw new Error(r.statusText);
+        this.emit("open"); delay = 1000;
+        await this.read(r.body.pipeThrough(new TextDecoderStream()).getReader());
+      } catch (e) { if (this.closed) return; }
+      if (this.closed) return;
+      this.emit("error");
+      await new Promise((ok) => setTimeout(ok, delay));
+      delay = Math.min(delay * 2, 15000);
+    }
+  }
+  async read(reader) {
+    let buffer = "", type = "message", data = [];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl).replace(/\r$/, "");
+        buffer = buffer.slice(nl + 1);
+        if (line === "") {
+          if (data.length) this.emit(type, data.join("\n"));
+          type = "message"; data = [];
+          if (this.closed) return;
+        } else if (!line.startsWith(":")) {
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") type = val;
+          else if (field === "data") data.push(val);
+        }
+      }
+    }
+  }
 }
 
 function fmtTime(iso) {
@@ -61,7 +128,7 @@ function setLive(on, text) {
 
 async function refreshHealth() {
   try {
-    const r = await fetch("/readyz", { headers: { Accept: "application/json" } });
+    const r = await fetch("/readyz", { headers: { Accept: "application/json", ...authHeaders() }, credentials: "omit" });
     const body = await r.json();
     const lag = Math.max(0, ...(body.views || []).map((v) => v.lag));
     $("lag").textContent = body.ready ? `log ${body.head} · lag ${lag}` : `not ready: ${body.store} · lag ${lag}`;
@@ -148,15 +215,15 @@ function refreshStatsSoon() {
 
 function openListStream() {
   closeStreams();
-  const src = new EventSource("/stream");
-  src.addEventListener("open", () => setLive(true, "live"));
-  src.addEventListener("error", () => setLive(false, "reconnecting"));
-  src.addEventListener("run", (e) => { upsertRun(JSON.parse(e.data), true); refreshStatsSoon(); });
-  state.source = src;
+  state.source = new EventStream("/stream", {
+    open: () => setLive(true, "live"),
+    error: () => setLive(false, "reconnecting"),
+    run: (data) => { upsertRun(JSON.parse(data), true); refreshStatsSoon(); },
+  });
 }
 
 async function showList() {
-  $("run-view").hidden = true; $("list-view").hidden = false;
+  $("run-view").hidden = true; $("login-view").hidden = true; $("list-view").hidden = false;
   document.title = "Stepstone · runs";
   await Promise.all([loadRuns(true), loadWorkflows(), loadHotspots()]).catch((e) => setLive(false, e.message));
   openListStream();
@@ -259,18 +326,19 @@ function refreshDetailsSoon(id) {
 }
 
 async function showRun(id) {
-  $("list-view").hidden = true; $("run-view").hidden = false;
+  $("list-view").hidden = true; $("login-view").hidden = true; $("run-view").hidden = false;
   Object.assign(runView, { events: [], cursor: null, run: null });
   closeStreams();
   try {
     renderRun(await getJSON(`/runs/${id}`));
     await loadRunDetails(id);
   } catch (e) { $("r-title").textContent = e.message; return; }
-  const src = new EventSource(`/runs/${id}/stream`);
-  src.addEventListener("open", () => setLive(true, "live"));
-  src.addEventListener("error", () => setLive(false, "reconnecting"));
-  src.addEventListener("run", (e) => { renderRun(JSON.parse(e.data)); refreshDetailsSoon(id); });
-  src.addEventListener("end", () => { src.close(); setLive(true, "run finished"); refreshDetailsSoon(id); });
+  const src = new EventStream(`/runs/${id}/stream`, {
+    open: () => setLive(true, "live"),
+    error: () => setLive(false, "reconnecting"),
+    run: (data) => { renderRun(JSON.parse(data)); refreshDetailsSoon(id); },
+    end: () => { src.close(); setLive(true, "run finished"); refreshDetailsSoon(id); },
+  });
   state.runSource = src;
 }
 
@@ -287,6 +355,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("f-status").addEventListener("change", () => { state.filters.status = $("f-status").value; loadRuns(true); });
   $("f-workflow").addEventListener("change", () => { state.filters.workflow = $("f-workflow").value.trim(); loadRuns(true); });
   $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value);
+    $("token").value = "";
+    route();
+  });
   $("more").addEventListener("click", () => loadRuns(false));
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
