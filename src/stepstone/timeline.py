@@ -9,6 +9,7 @@ import click
 import orjson
 
 from engine import HistoryEntry
+from stepstone.output import cut
 
 _HIDDEN = {"step_key", "attempt", "step_name"}
 
@@ -27,8 +28,8 @@ def show_timeline(entries: list[HistoryEntry]) -> None:
         click.echo(
             f"{e.position:>7} {e.version:>5}  {e.timestamp:%Y-%m-%d %H:%M:%S.%f}"[:-3]
             + f" {_elapsed(start, e.timestamp):>10}  {e.event_type:17} "
-            f"{(f.get('step_key') or '')[:18]:18} {attempt if attempt else '':>3}  "
-            f"{e.worker_id[:14]:14} {details(e.event_type, f)}"
+            f"{cut(f.get('step_key') or '', 18):18} {attempt if attempt else '':>3}  "
+            f"{cut(e.worker_id, 14):14} {details(e.event_type, f)}"
         )
 
 
@@ -90,4 +91,4 @@ def details(kind: str, f: dict[str, Any]) -> str:
             return f"reason {f['reason']}"
     text = " ".join(f"{k}={_short(v, 40)}" for k, v in f.items()
                     if v is not None and k not in _HIDDEN)
-    return text if len(text) <= 160 else text[:157] + "..."
+    return cut(text, 160)
