@@ -239,8 +239,7 @@ class RunDriver:
 
     def _fail(self, error_type: str, message: str, step_key: str | None) -> None:
         self._record(ev.RunFailed, error_type=error_type, message=message, step_key=step_key)
-        self._save()
-        log.warning("run %s failed: %s: %s", self.run.id, error_type, message)
+        self._save()  # logged once, by engine.observe, as RunFailed
 
     # -- positions ------------------------------------------------------------------------
     def _next_position(self, name: str) -> tuple[str, StepState | None]:
@@ -376,11 +375,7 @@ class RunDriver:
             next_attempt_at=due,
             duration_s=duration_s,
         )
-        self._save()
-        log.info(
-            "step %s attempt %d failed (%s: %s)%s", key, attempt, type(error).__name__, error,
-            f"; retry at {due.isoformat()}" if due else "; not retried",
-        )
+        self._save()  # logged once, by engine.observe, as StepFailed
         return due
 
     # -- patch markers (audit; see engine.patching) --------------------------------

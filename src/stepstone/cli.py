@@ -32,7 +32,7 @@ from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
     EXIT_PREEMPTED,
-    TEXT_FORMAT,
+    basic_logging,
     fail,
     log_format_option,
     open_engine,
@@ -89,7 +89,7 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
 def main(verbose: int) -> None:
     """Stepstone: durable workflows that survive interruption."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format=TEXT_FORMAT)
+    basic_logging(level)
 
 
 @main.command()
