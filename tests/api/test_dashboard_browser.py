@@ -158,3 +158,48 @@ def test_the_token_stays_in_its_tab_and_docs_work_offline(tmp_path: Path) -> Non
         neighbour.shutdown()
         assert server.stop() == 0, server.logs()
     assert token not in server.logs()
+
+
+@pytest.mark.slow
+def test_progress_and_timeline_of_a_stopped_run(tmp_path: Path) -> None:
+    """A preempted run's bar counts its steps against the latest completed run's, says so,
+    and its timeline ends at its last event instead of stretching to now."""
+    chromium = chromium_or_skip()
+    import time
+
+    import apiwf
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Engine(Settings(database_url=url, worker_id="dashboard-test")) as engine:
+        engine.run(counting, {"total": 3})
+        apiwf.PREEMPT_HOOK[0] = lambda: engine.preempt("the test stops it")
+        try:
+            stopped = engine.run(counting, {"total": 9, "stop_at": 3}).run_id
+        finally:
+            apiwf.PREEMPT_HOOK[0] = lambda: None
+            engine.token.clear()
+    time.sleep(3)  # "now" is well past the run's last event
+    server = Server(url, tmp_path)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium,
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(server.base + "/")
+            row = page.locator(f'tr[data-run="{stopped}"]')
+            expect(row.locator(".progress span")).to_have_text("0 of 2 steps", timeout=15_000)
+            assert "latest completed run" in (row.locator(".progress").get_attribute("title")
+                                              or "")
+            row.locator("a").click()
+            expect(page.locator("#r-status")).to_have_text("preempted", timeout=10_000)
+            expect(page.locator("#r-bar-text")).to_have_text("0 of 2 steps")
+            expect(page.locator("#timeline .tl-row")).to_have_count(1, timeout=10_000)
+            span = page.locator("#t-span").inner_text()
+            amount, unit = span.split(" over ")[1].split()
+            seconds = float(amount) / 1000 if unit == "ms" else float(amount)
+            assert unit in ("ms", "s"), span
+            assert seconds < 2, span
+            browser.close()
+    finally:
+        assert server.stop() == 0, server.logs()

@@ -105,19 +105,26 @@ function fmtDur(s) {
 }
 function pill(status) { return el("span", { class: "pill " + status }, status); }
 
-// How far a run is: the current step's own progress when it reports one, else steps.
+// How far a run is: steps done over the steps the latest completed run of its workflow
+// version took (steps_expected), plus the current step's own progress when it reports one.
+// Without a completed run to go by there is no total: the bar shows only the current step.
 function progressOf(run) {
-  if (run.status === "completed") return { frac: 1, text: `${run.steps_done} steps` };
-  const steps = `${run.steps_done}/${run.steps_started} steps`;
-  if (run.progress && run.progress.total > 0) {
-    const f = Math.min(1, (run.progress.done || 0) / run.progress.total);
-    return { frac: f, text: `${steps} · ${run.current_step || ""} ${(f * 100).toFixed(0)}%` };
-  }
-  return { frac: run.steps_started ? run.steps_done / run.steps_started : 0, text: steps };
+  if (run.status === "completed") return { frac: 1, text: `${run.steps_done} steps`, title: "completed" };
+  const expected = run.steps_expected ? Math.max(run.steps_expected, run.steps_done) : null;
+  const current = run.status === "running" && run.progress && run.progress.total > 0
+    ? Math.min(1, (run.progress.done || 0) / run.progress.total) : null;
+  const title = expected
+    ? `${run.steps_done} of ${expected} steps: ${expected} is how many the latest completed run of v${run.workflow_version} took`
+    : `${run.steps_done} steps done, ${run.steps_started} started: no completed run of v${run.workflow_version} yet to say how many there are`;
+  const steps = expected ? `${run.steps_done} of ${expected} steps` : `${run.steps_done} steps done`;
+  let frac = expected ? Math.min(1, (run.steps_done + (current || 0)) / expected) : (current || 0);
+  if (!expected && current === null) frac = 0;
+  const text = current !== null ? `${steps} · ${run.current_step || ""} ${(current * 100).toFixed(0)}%` : steps;
+  return { frac, text, title };
 }
 function progressBar(run, big) {
   const p = progressOf(run);
-  return el("div", { class: "progress " + run.status + (big ? " big" : "") },
+  return el("div", { class: "progress " + run.status + (big ? " big" : ""), title: p.title },
     el("div", { style: { width: (p.frac * 100).toFixed(1) + "%" } }), el("span", {}, p.text));
 }
 
@@ -243,9 +250,11 @@ function renderRun(run) {
   $("r-bar").parentElement.className = "progress big " + run.status;
   $("r-bar").style.width = (p.frac * 100).toFixed(1) + "%";
   $("r-bar-text").textContent = p.text;
+  $("r-bar").parentElement.title = p.title;
   $("r-facts").replaceChildren(
     fact("Current step", run.current_step ? `${run.current_step} (${run.current_step_status})` : "–"),
     fact("Steps done / started", `${run.steps_done} / ${run.steps_started}`),
+    fact("Steps expected", run.steps_expected ? `${run.steps_expected} (latest completed run of v${run.workflow_version})` : "unknown (none completed yet)"),
     fact("Step progress", run.progress ? `${run.progress.done ?? 0} / ${run.progress.total}` : "–"),
     fact("Attempts", run.attempts), fact("Retries", run.retries),
     fact("Preemptions", run.preemptions), fact("Crashes", run.crashes),
@@ -262,12 +271,16 @@ function renderTimeline(attempts) {
   const times = attempts.flatMap((a) => [a.started_at, a.ended_at]).filter(Boolean).map((t) => Date.parse(t));
   const now = Date.now();
   const t0 = Math.min(...times, now);
-  const live = runView.run && !["completed", "failed", "cancelled"].includes(runView.run.status);
-  const t1 = Math.max(...times, live ? now : 0, t0 + 1);
+  // Only a running run stretches to now; any other (preempted, parked, waiting, finished)
+  // ends at its last event.
+  const run = runView.run;
+  const live = run && run.status === "running";
+  const last = run && run.updated_at ? Date.parse(run.updated_at) : 0;
+  const t1 = Math.max(...times, live ? now : last, t0 + 1);
   $("t-span").textContent = `${attempts.length} attempts over ${fmtDur((t1 - t0) / 1000)}`;
   $("timeline").replaceChildren(...attempts.map((a) => {
     const s = Date.parse(a.started_at || t0);
-    const end = a.ended_at ? Date.parse(a.ended_at) : (a.outcome === "running" ? now : s);
+    const end = a.ended_at ? Date.parse(a.ended_at) : (a.outcome === "running" ? (live ? now : Math.max(s, last)) : s);
     const seg = el("div", { class: "tl-seg " + (a.outcome || ""), title: `${a.step_key} attempt ${a.attempt}: ${a.outcome}` + (a.error_message ? ` – ${a.error_type}: ${a.error_message}` : "") });
     seg.style.left = ((s - t0) / (t1 - t0) * 100).toFixed(2) + "%";
     seg.style.width = (Math.max(0, end - s) / (t1 - t0) * 100).toFixed(2) + "%";
