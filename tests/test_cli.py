@@ -155,3 +155,33 @@ def test_console_script_reads_the_store_url_from_the_environment(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout)["output"] == {"sum": 6}
     assert (tmp_path / "env.db").exists()
+
+
+def test_everyday_output_reads_right(store_url: str) -> None:
+    """`runs` newest first, long names cut with an ellipsis, no Python `None` in `status`,
+    and `--version`."""
+    ids = []
+    for a in (1, 2, 3):
+        code, out, _ = invoke("run", "cliwf:summing", "--input", f'{{"a": {a}}}', "--db",
+                              store_url, "--json")
+        ids.append(orjson.loads(out)["run_id"])
+    code, out, _ = invoke("runs", "--db", store_url)
+    listed = [line.split()[0] for line in out.splitlines()[1:]]
+    assert listed == ids[::-1]
+    code, out, _ = invoke("runs", "--db", store_url, "--json")
+    assert [r["run_id"] for r in orjson.loads(out)] == ids[::-1]
+    code, out, _ = invoke("runs", "--db", store_url, "--limit", "2")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ids[:0:-1]
+    code, out, _ = invoke("status", ids[0], "--db", store_url)
+    assert code == 0
+    assert "None" not in out
+    assert any(line.split() == ["error_type", "-"] for line in out.splitlines()), out
+    from stepstone.output import cut
+
+    assert cut("a-workflow-with-a-long-name", 20) == "a-workflow-with-a-l\u2026"
+    assert cut("short", 20) == "short"
+    code, out, _ = invoke("--version")
+    assert code == 0
+    from importlib.metadata import version
+
+    assert out.strip() == f"stepstone {version('stepstone')}"

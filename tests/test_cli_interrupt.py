@@ -65,3 +65,29 @@ def test_second_ctrl_c_forces_exit_and_loses_nothing(tmp_path: Path) -> None:
     clean = subprocess.run(demo(fresh, f"sqlite:///{fresh / 'store.db'}"), capture_output=True,
                            text=True, timeout=120, check=False)
     assert clean.stdout.strip().splitlines()[-1] == digest
+
+
+def test_a_kill_9_during_data_generation_leaves_no_temp_file_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    work = tmp_path / "work"
+    big = [sys.executable, "-c", DEMO, "demo", "--records", "3000000", "--workdir", str(work),
+           "--db", url]
+    proc = subprocess.Popen(big, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in work.glob("input-*.tmp*")):
+            assert proc.poll() is None, "the demo ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: no cleanup code runs
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(work.glob("input-*.tmp*")), "the kill should have left a half-written input"
+    small = [sys.executable, "-c", DEMO, "demo", "--records", "2000", "--workdir", str(work),
+             "--db", url]
+    again = subprocess.run(small, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert list(work.glob("input-*.tmp*")) == []
+    assert [p.name for p in work.glob("input-*")] == ["input-2000-7.csv"]

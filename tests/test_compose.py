@@ -43,3 +43,15 @@ def test_compose_serves_the_api_with_its_own_projector_service() -> None:
     assert "--no-projector" in api
     assert services["projector"]["command"][:3] == ["stepstone", "projections", "run"]
     assert any(p.endswith(":8080") for p in services["api"]["ports"])
+
+
+def test_compose_api_follows_the_auth_rules() -> None:
+    """Listening on 0.0.0.0 needs a token or --insecure-no-token; without a token the port
+    must reach this machine only, and an unset token must not become an empty one."""
+    api = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["api"]
+    token = api["environment"]["STEPSTONE_API_TOKEN"]
+    assert token is None or (token.startswith("${STEPSTONE_API_TOKEN:?")), token
+    if "--insecure-no-token" in api["command"]:
+        assert all(p.startswith("127.0.0.1:") for p in api["ports"]), api["ports"]
+    text = (ROOT / "compose.yaml").read_text()
+    assert "without a token" in text

@@ -100,6 +100,30 @@ def test_json_log_lines_from_the_cli_carry_the_run_fields(tmp_path: Path) -> Non
     assert [e["run_version"] for e in events] == list(range(1, len(events) + 1))
 
 
+def test_text_log_lines_name_their_run_and_log_each_failure_once(tmp_path: Path) -> None:
+    """A worker's text log interleaves runs: each stepstone line must say which run it is
+    about, and a failed attempt or run must be one line, not one from the event and another
+    from the driver."""
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests / "api")]))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    lines: list[str] = []
+    for target, data in (("apiwf:retrying", '{"name": "t"}'), ("apiwf:failing", '{"row": 3}')):
+        out = subprocess.run(
+            [sys.executable, "-m", "stepstone", "-v", "run", target, "--input", data, "--db",
+             url], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        lines += [line for line in out.stderr.splitlines() if " stepstone." in line]
+    assert lines
+    for line in lines:
+        assert line.split(": ", 1)[1].startswith("run "), line
+    failed = [line for line in lines if "failed" in line.lower() or "Failed" in line]
+    # retrying: two failed attempts; failing: one failed attempt, then the run fails.
+    assert len([x for x in failed if "StepFailed" in x]) == 3, failed
+    assert len([x for x in failed if "RunFailed" in x]) == 1, failed
+    assert len(failed) == 4, failed
+    assert sum("not retried" in x for x in failed) == 1
+
+
 _exporters: list[Any] = []
 
 

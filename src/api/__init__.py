@@ -8,6 +8,8 @@ every connection is opened read-only. docs/api.md describes the routes.
 """
 
 from api.app import create_app
+from api.auth import ApiConfigError
 from api.deps import ApiOptions
+from api.security import allowed_hosts
 
-__all__ = ["ApiOptions", "create_app"]
+__all__ = ["ApiConfigError", "ApiOptions", "allowed_hosts", "create_app"]

@@ -6,37 +6,35 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from api import errors, health, routes_runs, routes_stats, stream
-from api.auth import BearerTokenMiddleware
+from api import docs_page, errors, health, routes_runs, routes_stats, stream
+from api.auth import OPEN_PATHS, BearerTokenMiddleware, checked_token
 from api.deps import ApiOptions, read_route
 from api.metrics import LatencyMiddleware, new_registry
 from api.queries import Reads
 from api.readonly_store import open_read_only
+from api.security import SecurityHeadersMiddleware
 from engine.settings import Settings
 from engine.store_url import parse_store_url
 
 DASHBOARD = Path(str(files("api") / "dashboard"))
-# The dashboard loads only its own files and talks only to this server.
-_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 
 def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:
     """A read-only API over the views and the log named by `settings.database_url`.
 
     Nothing connects until the first request, so the app starts (and `/healthz` answers)
-    while the database is still coming up.
+    while the database is still coming up. Raises `ApiConfigError` for a blank token.
     """
     options = options or ApiOptions()
+    token = checked_token(settings.api_token)
     location = parse_store_url(
         settings.database_url, connect_timeout_s=settings.connect_timeout_s
     )
@@ -54,11 +52,13 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
         summary="Read-only progress of durable workflow runs",
         version="1",
         lifespan=lifespan,
-        redoc_url=None,  # /docs is enough; one fewer page loading scripts from a CDN
+        docs_url=None,  # FastAPI's /docs loads Swagger UI from a CDN; docs_page serves it
+        redoc_url=None,
     )
     app.state.reads = reads
     app.state.options = options
     errors.install(app)
+    docs_page.install(app)
     for module in (routes_runs, routes_stats, stream, health):
         app.include_router(module.router)
     registry, latency = new_registry(reads)
@@ -72,42 +72,33 @@ def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def dashboard() -> FileResponse:
-        return FileResponse(DASHBOARD / "index.html", headers={"Content-Security-Policy": _CSP})
+        return FileResponse(DASHBOARD / "index.html")
 
     app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
-    # Outermost first at run time: headers, then auth (so a 401 is timed too), then timing.
-    app.add_middleware(LatencyMiddleware, histogram=latency)
-    token = settings.api_token
-    if token is not None and token.get_secret_value():
+    # The last added runs first: headers on every answer, then timing (so refusals are
+    # counted in /metrics too), then the host check, then the token.
+    if token is not None:
         app.add_middleware(BearerTokenMiddleware, token=token)
+        _declare_bearer(app)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts),
+                       www_redirect=False)
+    app.add_middleware(LatencyMiddleware, histogram=latency)
     app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 
-class SecurityHeadersMiddleware:
-    """Headers every answer carries: no sniffing, no framing, no referrer, no caching."""
+def _declare_bearer(app: FastAPI) -> None:
+    """Put the bearer scheme in the OpenAPI document, so /docs offers "Authorize"."""
+    build = app.openapi
 
-    _HEADERS = (
-        (b"x-content-type-options", b"nosniff"),
-        (b"x-frame-options", b"DENY"),
-        (b"referrer-policy", b"no-referrer"),
-    )
+    def openapi() -> dict[str, Any]:
+        doc = build()  # FastAPI caches it; adding to it once is enough
+        doc.setdefault("components", {}).setdefault(
+            "securitySchemes", {"bearer": {"type": "http", "scheme": "bearer"}})
+        doc.setdefault("security", [{"bearer": []}])
+        for path in OPEN_PATHS & set(doc["paths"]):
+            for operation in doc["paths"][path].values():
+                operation["security"] = []  # open even with a token
+        return doc
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.extend(self._HEADERS)
-                if not any(name == b"cache-control" for name, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
+    app.openapi = openapi  # type: ignore[method-assign]

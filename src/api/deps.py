@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from api.models import ErrorBody
 from api.queries import Reads
+from api.security import LOOPBACK_HOSTS
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ApiOptions:
     pool_size: int = 8
     read_threads: int = 4
     query_timeout_s: float = 5.0
+    #: The Host names answered (DNS rebinding); `stepstone serve` derives them from --host.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
 
 # Dependencies are `async def` although they do no I/O: FastAPI runs a plain `def` dependency

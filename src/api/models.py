@@ -66,6 +66,12 @@ class Run(_Model):
     )
     steps_done: int
     steps_started: int
+    steps_expected: int | None = Field(
+        None,
+        description="how many steps the run is expected to take: the steps of the latest "
+        "completed run of this workflow version (its own when completed); null until one "
+        "has completed. Workflow code is not declared up front, so this is a yardstick.",
+    )
     progress: Progress | None
     attempts: int
     retries: int = Field(description="attempts after a step's first, for any reason")

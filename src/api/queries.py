@@ -8,6 +8,7 @@ the same however deep it is.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -79,6 +80,7 @@ class Reads:
             self.pos = "notification_id"
             self.uuid, self.ts = "?::uuid", "?::timestamptz"
         self.tracking_keys = {v: f"{DEFAULT_PREFIX}_{v}/{RunStore.name}" for v in VIEWS}
+        self._expected: dict[tuple[str, int], tuple[float, int | None]] = {}
 
     async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking read in a worker thread, at most `threads` at a time.
@@ -156,13 +158,14 @@ class Reads:
         if more and rows:
             last = rows[-1]
             next_cursor = _encode_cursor(_text(last[16]), str(last[0]))
-        return orjson.dumps({"items": [run_fields(r) for r in rows], "next_cursor": next_cursor})
+        items = [run_fields(r, self.expected_steps(r)) for r in rows]
+        return orjson.dumps({"items": items, "next_cursor": next_cursor})
 
     def get_run(self, run_id: UUID) -> m.Run | None:
         rows = self.store.fetch(
             f"SELECT {RUN_COLUMNS} FROM {self.runs} WHERE run_id = {self.uuid}", [str(run_id)]
         )
-        return run_of(rows[0]) if rows else None
+        return run_of(rows[0], self.expected_steps(rows[0])) if rows else None
 
     def changed_runs(self, after: int, limit: int) -> list[m.Run]:
         """Runs whose last event is past position `after`, oldest change first."""
@@ -171,7 +174,30 @@ class Reads:
             "ORDER BY last_position LIMIT ?",
             [after, limit],
         )
-        return [run_of(r) for r in rows]
+        return [run_of(r, self.expected_steps(r)) for r in rows]
+
+    def expected_steps(self, row: Row) -> int | None:
+        """The yardstick for a run's progress: the steps of the latest completed run of its
+        workflow version (its own if completed).
+
+        Cached for a few seconds per workflow version: a page or a stream tick asks for the
+        same few workflows over and over, and the answer changes only when a run completes.
+        """
+        if row[3] == "completed":
+            return int(row[6])
+        key = (str(row[1]), int(row[2]))
+        now = time.monotonic()
+        cached = self._expected.get(key)
+        if cached is not None and now - cached[0] < _EXPECTED_TTL_S:
+            return cached[1]
+        found = self.store.fetch(
+            f"SELECT steps_done FROM {self.runs} WHERE workflow = ? AND status = 'completed' "
+            "AND workflow_version = ? ORDER BY finished_at DESC LIMIT 1",
+            [key[0], key[1]],
+        )
+        steps = int(found[0][0]) if found else None
+        self._expected[key] = (now, steps)
+        return steps
 
     # -- a run's steps and events ----------------------------------------------------------
     def attempts_of(self, run_id: UUID, *, limit: int, cursor: str | None) -> m.StepAttemptPage:
@@ -259,9 +285,10 @@ class Reads:
 
 
 _ATTEMPT_FIELDS = tuple(c.strip() for c in ATTEMPT_COLUMNS.split(","))
+_EXPECTED_TTL_S = 5.0
 
 
-def run_fields(r: Row) -> dict[str, Any]:
+def run_fields(r: Row, expected: int | None = None) -> dict[str, Any]:
     """A runs-view row in the shape of the API's `Run`, as plain JSON-ready values."""
     progress = {"done": r[8], "total": r[9]} if r[9] is not None else None
     error = (
@@ -272,15 +299,16 @@ def run_fields(r: Row) -> dict[str, Any]:
     return {
         "run_id": r[0], "workflow": r[1], "workflow_version": r[2], "status": r[3],
         "current_step": r[4], "current_step_status": r[5], "steps_done": r[6],
-        "steps_started": r[7], "progress": progress, "attempts": r[10], "retries": r[11],
+        "steps_started": r[7], "steps_expected": expected, "progress": progress,
+        "attempts": r[10], "retries": r[11],
         "preemptions": r[12], "crashes": r[13], "interruptions": r[14], "worker": r[15],
         "started_at": r[16], "updated_at": r[17], "finished_at": r[18], "last_error": error,
         "last_position": r[22],
     }
 
 
-def run_of(r: Row) -> m.Run:
-    return m.Run.model_validate(run_fields(r))
+def run_of(r: Row, expected: int | None = None) -> m.Run:
+    return m.Run.model_validate(run_fields(r, expected))
 
 
 def _text(value: Any) -> str:

@@ -234,8 +234,7 @@ class RunDriver:
 
     def _fail(self, error_type: str, message: str, step_key: str | None) -> None:
         self.record(self.run.fail, error_type, message, step_key)
-        self.save()
-        log.warning("run %s failed: %s: %s", self.run.id, error_type, message)
+        self.save()  # logged once, by engine.observe, as RunFailed
 
     # -- positions ------------------------------------------------------------------------
     def next_position(self, name: str) -> tuple[str, StepState | None]:
@@ -360,11 +359,7 @@ class RunDriver:
             self.run.fail_step, key, attempt, type(error).__name__, str(error),
             retryable=retryable, next_attempt_at=due, duration_s=duration_s,
         )
-        self.save()
-        log.info(
-            "step %s attempt %d failed (%s: %s)%s", key, attempt, type(error).__name__, error,
-            f"; retry at {due.isoformat()}" if due else "; not retried",
-        )
+        self.save()  # logged once, by engine.observe, as StepFailed
         return due
 
     # -- patch markers (audit; see engine.patching) --------------------------------

@@ -60,6 +60,17 @@ def rows(
         start = notes[-1].id
 
 
+def has_events(store: RunStore, *, run_id: UUID | None = None,
+               workflow: str | None = None) -> bool:
+    """Whether the run, or any run of the workflow, is in the store: an audit of nothing must
+    say so rather than report zero events as a success."""
+    if run_id is not None:
+        return bool(store.recorder.select_events(run_id, limit=1))
+    if workflow is not None:
+        return any(s.workflow == workflow for s in store.started())
+    return True
+
+
 def record_of(row: Row) -> dict[str, Any]:
     return {
         "position": row.position,

@@ -14,21 +14,21 @@ only makes takeover early or late, never unsafe, since the fence is the log.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg import sql as pgsql
 
 from engine.errors import StoreUnavailableError
+from engine.lease_db import Cursor as _Cursor
+from engine.lease_db import Db as _Db
+from engine.lease_db import PostgresDb, SqliteDb
 from engine.logcontext import get_logger
 from engine.store_url import StoreLocation
 
@@ -36,7 +36,6 @@ log = get_logger("stepstone.worker")
 
 READY, DONE, PARKED = "ready", "done", "parked"
 DEFAULT_QUEUE = "default"
-_CLAIM_LOCK_KEY = 0x5E5E_0001  # pg_advisory_xact_lock key: claims are serialized per database
 _T = TypeVar("_T")
 _HOST = socket.gethostname()
 
@@ -102,125 +101,6 @@ def queue_scope(name: str) -> str:
     return f"queue:{name}"
 
 
-class _Db(Protocol):
-    """One connection's worth of SQL, in psycopg's `%(name)s` style on both stores."""
-
-    def names(self) -> dict[str, str]: ...
-
-    def transaction(self, *, exclusive: bool = False) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-class _Cursor(Protocol):
-    def execute(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-    @property
-    def rowcount(self) -> int: ...
-
-
-class _SqliteDb:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-
-    def names(self) -> dict[str, str]:
-        return {
-            "queue": "stepstone_queue",
-            "queue_ready": "stepstone_queue_ready",
-            "queue_owner": "stepstone_queue_owner",
-            "limits": "stepstone_limits",
-            "sweep": "stepstone_queue_sweep",
-        }
-
-    @contextmanager
-    def transaction(self, *, exclusive: bool = False) -> Iterator[_SqliteCursor]:
-        cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")  # one writer at a time: claims see a stable table
-        try:
-            yield _SqliteCursor(cur)
-        except BaseException:
-            self._conn.rollback()
-            raise
-        else:
-            cur.execute("COMMIT")
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-_PARAM = re.compile(r"%\((\w+)\)s")
-
-
-class _SqliteCursor:
-    def __init__(self, cur: sqlite3.Cursor) -> None:
-        self._cur = cur
-
-    def execute(self, query: str, params: dict[str, Any] | None = None) -> Any:
-        return self._cur.execute(_PARAM.sub(r":\1", query), params or {})
-
-    def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
-
-class _PostgresDb:
-    def __init__(self, location: StoreLocation) -> None:
-        env = location.env
-        self._schema = env.get("POSTGRES_SCHEMA") or "public"
-        self._kwargs: dict[str, Any] = {
-            "dbname": env["POSTGRES_DBNAME"],
-            "host": env["POSTGRES_HOST"],
-            "port": env["POSTGRES_PORT"],
-            "user": env["POSTGRES_USER"],
-            "password": env["POSTGRES_PASSWORD"],
-            "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        }
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def names(self) -> dict[str, str]:
-        def q(name: str) -> str:
-            return pgsql.Identifier(self._schema, name).as_string(None)
-
-        return {
-            "queue": q("stepstone_queue"),
-            "queue_ready": "stepstone_queue_ready",
-            "queue_owner": "stepstone_queue_owner",
-            "limits": q("stepstone_limits"),
-            "sweep": q("stepstone_queue_sweep"),
-            "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
-        }
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(**self._kwargs)
-        return self._conn
-
-    @contextmanager
-    def transaction(self, *, exclusive: bool = False) -> Iterator[psycopg.Cursor[Any]]:
-        conn = self._connection()
-        try:
-            with conn.transaction(), conn.cursor() as cur:
-                if exclusive:
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK_KEY,))
-                yield cur
-        except psycopg.OperationalError:
-            conn.close()  # reconnect on the next call
-            raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 class LeaseStore:
     """The runnable index of one log. Thread-safe: calls are serialized on one connection."""
 
@@ -229,8 +109,8 @@ class LeaseStore:
         self.clock = clock
         try:
             self._db: _Db = (
-                _SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
-                else _PostgresDb(location)
+                SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
+                else PostgresDb(location)
             )
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailableError(location.display, str(e).strip()) from e
@@ -241,11 +121,22 @@ class LeaseStore:
 
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, fn: Callable[[Any], _T], *, exclusive: bool = False) -> _T:
-        try:
-            with self._lock, self._db.transaction(exclusive=exclusive) as cur:
-                return fn(cur)
-        except (psycopg.Error, sqlite3.Error, OSError) as e:
-            raise StoreUnavailableError(self.location.display, str(e).strip()) from e
+        """Run `fn` in one transaction; once more on a fresh connection if the first one was
+        dead (a database restart while it sat idle) and the failure left nothing done."""
+        with self._lock:
+            try:
+                try:
+                    with self._db.transaction(exclusive=exclusive) as cur:
+                        return fn(cur)
+                except psycopg.OperationalError as e:
+                    if not self._db.retryable():
+                        raise
+                    log.info("the runnable index connection was lost (%s); reconnecting",
+                             str(e).strip())
+                with self._db.transaction(exclusive=exclusive) as cur:
+                    return fn(cur)
+            except (psycopg.Error, sqlite3.Error, OSError) as e:
+                raise StoreUnavailableError(self.location.display, str(e).strip()) from e
 
     def _sql(self, text: str) -> str:
         return text.format(**self._n)

@@ -69,6 +69,28 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines that name the run: `... stepstone.events: run <id>: RunCompleted`.
+
+    A worker's records interleave many runs, so a line without the run id cannot be followed
+    back to `stepstone history`. Messages that already name their run are left alone.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
+        run_id = getattr(record, "run_id", None)
+        if run_id and run_id not in record.message:
+            record = logging.makeLogRecord({**record.__dict__,
+                                            "message": f"run {run_id}: {record.message}"})
+        return super().formatMessage(record)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def text_formatter() -> logging.Formatter:
+    return TextFormatter(TEXT_FORMAT)
+
+
 def json_formatter() -> logging.Formatter:
     """One JSON object per record (python-json-logger over orjson), run fields included."""
     from pythonjsonlogger.orjson import OrjsonFormatter

@@ -2,7 +2,9 @@
 
 Called after each successful save with the events it committed (never before: a record must not
 claim an event that a failed save did not write). Step-level events log at DEBUG, run-level ones,
-failures and preemptions at INFO; a disabled level costs one check per save.
+failed attempts and preemptions at INFO, a failed run at WARNING; a disabled level costs one
+check per save. These records are the only ones for those events: the driver does not log a
+failure again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def log_events(run: WorkflowRun, events: Sequence[Any]) -> None:
         return
     for event in events:
         kind = type(event).__name__
-        level = logging.DEBUG if isinstance(event, _DEBUG) else logging.INFO
+        level = (logging.DEBUG if isinstance(event, _DEBUG) else
+                 logging.WARNING if isinstance(event, ev.RunFailed) else logging.INFO)
         if not log.isEnabledFor(level):
             continue
         key = getattr(event, "step_key", None)

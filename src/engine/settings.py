@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_worker_id() -> str:
@@ -88,3 +88,15 @@ class Settings(BaseSettings):
         description="bearer token the HTTP API requires on every route but /healthz "
         "(unset: no token)",
     )
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the HTTP API answers to besides the ones it is bound to "
+        "(comma-separated in the environment; * turns the DNS-rebinding check off)",
+    )
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value

@@ -226,10 +226,22 @@ def verify_rows(
     return verifier.finish()
 
 
-def read_anchors(heads: Iterable[dict[str, object]]) -> dict[UUID, tuple[int, str]]:
-    """Anchors from the JSON objects `stepstone verify --json` printed for each run's head."""
+def read_anchors(heads: Iterable[object]) -> dict[UUID, tuple[int, str]]:
+    """Anchors from the JSON objects `stepstone verify --json` printed for each run's head.
+
+    Anything else is a `ValueError` naming its place: an anchors file that is silently read
+    as "no anchors" would let a verification pass that checked nothing.
+    """
     out: dict[UUID, tuple[int, str]] = {}
-    for h in heads:
-        if h.get("hash"):
-            out[UUID(str(h["run_id"]))] = (int(str(h["version"])), str(h["hash"]))
+    for number, h in enumerate(heads, 1):
+        try:
+            if not isinstance(h, dict) or not {"run_id", "version", "hash"} <= h.keys():
+                raise ValueError("expected an object with run_id, version and hash")
+            run_id, version = UUID(str(h["run_id"])), int(str(h["version"]))
+            if h["hash"] is not None and not isinstance(h["hash"], str):
+                raise ValueError("hash is not a string")
+        except ValueError as e:
+            raise ValueError(f"entry {number} is not a run's head ({e}): {h!r:.200}") from None
+        if h["hash"]:  # a run written before hash chains has no head to anchor
+            out[run_id] = (version, str(h["hash"]))
     return out

@@ -200,7 +200,10 @@ class Worker:
 
     def _drive_claim(self, claim: Claim, since: float) -> None:
         engine, stats, run_id = self.engine, self.stats, claim.run_id
-        if claim.takeovers > engine.settings.max_takeovers:
+        # A finished run is never parked, whatever its takeover count (its release was lost):
+        # drive_claimed below marks it done without driving it.
+        if (claim.takeovers > engine.settings.max_takeovers
+                and not engine.store.load(run_id).status.is_terminal):
             note = (
                 f"parked: its worker died {claim.takeovers - 1} times in a row while driving "
                 "it (a step that kills its process?). Fix the cause, then `stepstone resume "

@@ -18,7 +18,8 @@ import orjson
 from tqdm import tqdm
 
 from engine import Engine, EngineError, Workflow, load_workflow
-from engine.export import write_export
+from engine.errors import RunNotFoundError, WorkflowNotFoundError
+from engine.export import has_events, write_export
 from engine.fork import fork_run
 from engine.replay_check import CheckResult, check_run
 from engine.time_travel import describe, state_at, version_at
@@ -46,6 +47,9 @@ def export(workflow: str | None, run_id: str | None, path: str | None,
         fail("give --workflow or --run, not both")
     rid = parse_run_id(run_id) if run_id else None
     with open_engine(database_url, create=False) as engine:
+        if not has_events(engine.store, run_id=rid, workflow=workflow):
+            raise RunNotFoundError(rid) if rid else WorkflowNotFoundError(
+                f"no runs of workflow {workflow!r} in this store; `stepstone runs` lists them")
         if path is None:
             count = write_export(engine.store, sys.stdout.buffer, run_id=rid, workflow=workflow)
             sys.stdout.buffer.flush()
@@ -194,7 +198,11 @@ def verify(run_id: str | None, anchors: str | None, database_url: str | None,
                 anchor_map = read_anchors(orjson.loads(line) for line in f if line.strip())
             except (orjson.JSONDecodeError, ValueError, KeyError) as e:
                 fail(f"{anchors} is not a file of heads from `stepstone verify --json`: {e}")
+        if not anchor_map:
+            fail(f"{anchors} holds no heads to check against")
     with open_engine(database_url, create=False) as engine:
+        if rid is not None and not has_events(engine.store, run_id=rid):
+            raise RunNotFoundError(rid)
         total = None if rid else engine.store.head()
         with tqdm(total=total, unit="ev", desc="verify", file=sys.stderr, disable=None,
                   leave=False) as bar:

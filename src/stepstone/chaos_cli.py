@@ -33,12 +33,20 @@ from stepstone.common import EXIT_FAILED, fail
               "here (default: a temporary directory, deleted afterwards).")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True,
               type=click.FloatRange(min=1), help="Longest one run process may take, in seconds.")
+@click.option("--output-varies", is_flag=True,
+              help="The workflow's output differs from run to run by design (a step returns "
+              "a random id or a time): check it against the run's own recorded steps instead "
+              "of an uninterrupted run's output. Detected by itself when two uninterrupted "
+              "runs differ.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def chaos(reference: str, input_json: str, kills: int, seed: int | None,
           database_url: str | None, workdir: Path | None, timeout_s: float,
-          as_json: bool) -> None:
+          output_varies: bool, as_json: bool) -> None:
     """Interrupt a run of MODULE:WORKFLOW KILLS times (SIGKILL and SIGTERM), resume it each
     time, and compare its output with an uninterrupted run's; exit 1 if they differ.
+
+    An output that varies between uninterrupted runs too is not compared: the run's output
+    is checked against what its own recorded step outputs give.
 
     Each run works in an empty working directory of its own, so relative paths in the
     workflow's side effects do not collide between the two runs.
@@ -59,7 +67,8 @@ def chaos(reference: str, input_json: str, kills: int, seed: int | None,
         base.mkdir(parents=True, exist_ok=True)
         try:
             report = run_chaos(reference, wf.name, data, input_json, kills=kills, seed=seed,
-                               base=base, database_url=database_url, timeout_s=timeout_s)
+                               base=base, database_url=database_url, timeout_s=timeout_s,
+                               output_varies=output_varies)
         except (ChaosError, EngineError) as e:
             fail(f"the chaos check could not finish: {e}", EXIT_FAILED)
     if as_json:
@@ -89,11 +98,35 @@ def show(report: ChaosReport) -> None:
         click.echo(f"steps started more than once (the at-least-once window): {steps}")
     else:
         click.echo("no step started more than once")
+    _verdict(report)
+
+
+def _verdict(report: ChaosReport) -> None:
+    """The outcome, and advice that matches its cause."""
+    if report.status != "completed":
+        click.echo(f"output: none, the run ended {report.status} (the uninterrupted run "
+                   "completed)")
+        click.echo("A kill should only delay a run: read why it stopped with `stepstone "
+                   f"history {report.run_id} --db {report.store}`.")
+        return
+    if report.output_varies:
+        click.echo("output: varies by design (two uninterrupted runs differ too, e.g. a step "
+                   "returns uuid4()); not compared")
+        if report.replayed:
+            click.echo("output: is what the run's own recorded step outputs give (replayed); "
+                       "check side effects with engine.testing.IdempotencyLedger")
+            return
+        click.echo(f"output: DIFFERS from what its recorded step outputs give: "
+                   f"{report.replay_problem}")
+        click.echo("The workflow body is not deterministic between steps: move randomness, "
+                   "time and I/O into steps (see docs/getting-started.md).")
+        return
     if report.matched:
         click.echo("output: matches the uninterrupted run")
         return
     click.echo(f"output: DIFFERS from the uninterrupted run (run {report.status})")
     click.echo("  expected: " + orjson.dumps(report.reference_output).decode())
     click.echo("  got:      " + orjson.dumps(report.output).decode())
-    click.echo("A step's side effect was probably applied again after a kill: key it on "
-               "step_context().operation_id (see docs/operations.md).")
+    click.echo("A second uninterrupted run gave the same output as the first, so the "
+               "difference comes from the kills: a step's side effect was probably applied "
+               "again. Key it on step_context().operation_id (see docs/operations.md).")

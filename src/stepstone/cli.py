@@ -39,7 +39,7 @@ from stepstone.common import (
     EXIT_FORCED,
     EXIT_PARKED,
     EXIT_PREEMPTED,
-    TEXT_FORMAT,
+    basic_logging,
     fail,
     log_format_option,
     open_engine,
@@ -107,11 +107,12 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stepstone", message="stepstone %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Stepstone: durable workflows that survive interruption."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format=TEXT_FORMAT)
+    basic_logging(level)
 
 
 @main.command()
@@ -226,9 +227,9 @@ def resume(run_id: str, reference: str | None, database_url: str | None, as_json
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @store_options
 def runs(limit: int, database_url: str | None, as_json: bool) -> None:
-    """List the most recent runs."""
+    """List the most recent runs, newest first."""
     with open_engine(database_url, create=False) as engine:
-        infos = engine.runs(limit=limit)
+        infos = engine.runs(limit=limit)[::-1]  # the engine gives start order, oldest first
         if as_json:
             output.emit_json([output.info_dict(i) for i in infos])
         else:
@@ -254,7 +255,7 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
             output.emit_json(fields)
         else:
             for name, value in fields.items():
-                click.echo(f"{name:17} {value}")
+                click.echo(f"{name:17} {output.shown(value)}")
 
 
 @main.command()

@@ -37,21 +37,27 @@ def log_format_option(fn: F) -> F:
     )(fn)
 
 
+def basic_logging(level: int) -> None:
+    """Text records on standard error, each naming the run it concerns."""
+    from engine.logcontext import text_formatter
+
+    logging.basicConfig(level=level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(text_formatter())
+
+
 def setup_logging(log_format: str, *, at_least: int | None = None) -> None:
     """Point the root handler at the chosen format (the group set its level from -v)."""
     from engine.logcontext import json_formatter
 
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format=TEXT_FORMAT)
+        basic_logging(root.level)
     if at_least is not None and root.level > at_least:
         root.setLevel(at_least)
     if log_format == "json":
         for handler in root.handlers:
             handler.setFormatter(json_formatter())
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def store_options(fn: F) -> F:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
 import sqlite3
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -24,15 +25,42 @@ _CURRENCIES = {"EUR": Decimal("1"), "USD": Decimal("0.9213"), "GBP": Decimal("1.
 _HEADER = "id,account,currency,amount,day\n"
 
 
+def _temp_name(target: Path, pid: int) -> Path:
+    # The host is in the name because the work directory may be shared (compose mounts one
+    # volume into every worker), and a pid means something only on its own host.
+    return target.with_name(f"{target.stem}.tmp-{socket.gethostname()}-{pid}")
+
+
+def _remove_stale_temps(workdir: Path) -> None:
+    """Delete the half-written inputs of generators on this host that died (kill -9)."""
+    prefix = f".tmp-{socket.gethostname()}-"
+    for tmp in workdir.glob(f"input-*{prefix}*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @step
 def generate_dataset(path: str, records: int, seed: int) -> dict[str, object]:
     """Write the input file atomically (temp file + rename), so a crash never leaves half of it."""
     target = Path(path)
+    if target.parent.exists():
+        _remove_stale_temps(target.parent)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         rng = random.Random(seed)
         currencies = sorted(_CURRENCIES)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp = _temp_name(target, os.getpid())
         with tmp.open("w", encoding="utf-8") as f:
             f.write(_HEADER)
             for i in range(records):

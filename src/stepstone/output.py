@@ -31,6 +31,16 @@ def show_result(result: RunResult) -> None:
         click.echo("output: " + orjson.dumps(result.output).decode())
 
 
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, with an ellipsis when something was cut off."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def shown(value: object) -> str:
+    """A field's value for people: `-` for nothing, never Python's `None`."""
+    return "-" if value is None or value == "" else str(value)
+
+
 def show_runs(infos: list[RunInfo]) -> None:
     if not infos:
         click.echo("no runs yet")
@@ -38,6 +48,6 @@ def show_runs(infos: list[RunInfo]) -> None:
     click.echo(f"{'RUN ID':36}  {'WORKFLOW':20} {'STATUS':10} {'STEPS':>7}  {'STARTED (UTC)':19}")
     for i in infos:
         click.echo(
-            f"{i.run_id!s:36}  {i.workflow[:20]:20} {i.status.value:10} "
+            f"{i.run_id!s:36}  {cut(i.workflow, 20):20} {i.status.value:10} "
             f"{i.steps_completed:>7}  {i.started_at:%Y-%m-%d %H:%M:%S}"
         )

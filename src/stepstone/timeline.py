@@ -7,6 +7,7 @@ from datetime import datetime
 import click
 
 from engine import HistoryEntry
+from stepstone.output import cut
 
 
 def show_timeline(entries: list[HistoryEntry]) -> None:
@@ -23,8 +24,8 @@ def show_timeline(entries: list[HistoryEntry]) -> None:
         click.echo(
             f"{e.position:>7} {e.version:>5}  {e.timestamp:%Y-%m-%d %H:%M:%S.%f}"[:-3]
             + f" {_elapsed(start, e.timestamp):>10}  {e.event_type:17} "
-            f"{(f.get('step_key') or '')[:18]:18} {attempt if attempt else '':>3}  "
-            f"{e.worker_id[:14]:14} {e.summary}"
+            f"{cut(f.get('step_key') or '', 18):18} {attempt if attempt else '':>3}  "
+            f"{cut(e.worker_id, 14):14} {e.summary}"
         )
 
 

@@ -81,6 +81,34 @@ def test_every_run_field_matches_the_engine_replay(world: World, client: TestCli
             assert body["progress"] is None
 
 
+def test_progress_has_a_yardstick_from_the_latest_completed_run(
+    world: World, client: TestClient
+) -> None:
+    """A run's steps are counted against the steps the latest completed run of its workflow
+    version took, not against its own steps started (which made a run at its first step of
+    ten read 0 of 1, and a failed one read as far along as it got)."""
+    latest: dict[tuple[str, int], tuple[object, int]] = {}
+    for info in world.infos.values():
+        if info.status.value == "completed":
+            key = (info.workflow, info.workflow_version)
+            finished = world.histories[info.run_id][-1].timestamp
+            if key not in latest or latest[key][0] < finished:  # type: ignore[operator]
+                latest[key] = (finished, info.steps_completed)
+    listed = {r["run_id"]: r for r in client.get("/runs", params={"limit": 1000}).json()["items"]}
+    for run_id, info in world.infos.items():
+        body = client.get(f"/runs/{run_id}").json()
+        if info.status.value == "completed":
+            want = info.steps_completed
+        else:
+            want = latest.get((info.workflow, info.workflow_version), (None, None))[1]
+        assert body["steps_expected"] == want, (info.workflow, info.status)
+        assert listed[str(run_id)]["steps_expected"] == want
+    preempted = client.get(f"/runs/{world.runs['preempted']}").json()
+    assert (preempted["steps_done"], preempted["steps_expected"]) == (0, 2)
+    failed = client.get(f"/runs/{world.runs['failed']}").json()
+    assert failed["steps_expected"] is None  # no api-broken run ever completed
+
+
 def test_the_scenarios_show_what_happened(world: World, client: TestClient) -> None:
     get = lambda name: client.get(f"/runs/{world.runs[name]}").json()  # noqa: E731
     assert get("retried")["retries"] == 2

@@ -95,6 +95,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def client_for(url: str, token: str | None = None, **options: Any) -> TestClient:
     settings = Settings(database_url=url, api_token=token)
+    options.setdefault("allowed_hosts", ("testserver", "localhost", "127.0.0.1"))
     return TestClient(create_app(settings, ApiOptions(**options)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import UUID
 
 import orjson
@@ -154,3 +155,33 @@ def test_the_chain_continues_across_a_snapshot(store_url: str) -> None:
         report = verify(engine.store, stopped.run_id)
         assert report.ok, report.first
         assert report.heads[0].version > snaps[-1].originator_version
+
+
+def test_audits_of_what_does_not_exist_do_not_pass(two_runs: tuple[Engine, UUID, UUID],
+                                                   store_url: str, tmp_path: Path) -> None:
+    _, a, _ = two_runs
+    nobody = "00000000-0000-0000-0000-000000000000"
+    r = CliRunner().invoke(main, ["verify", nobody, "--db", store_url])
+    assert r.exit_code == 2, r.output
+    assert f"no run with id {nobody}" in r.stderr
+    assert "intact" not in r.stderr
+    out = tmp_path / "out.jsonl"
+    r = CliRunner().invoke(main, ["export", "--run", nobody, "-o", str(out), "--db", store_url])
+    assert r.exit_code == 2
+    assert f"no run with id {nobody}" in r.stderr
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["export", "--workflow", "nope", "--db", store_url])
+    assert r.exit_code == 2
+    assert "no runs of workflow 'nope'" in r.stderr
+    for bad in (b'{"bad":1}\n', b'[1, 2]\n', b'{"run_id": "x", "version": 1, "hash": "h"}\n'):
+        anchors = tmp_path / "anchors.jsonl"
+        good = orjson.dumps({"run_id": str(a), "version": 1, "hash": None}) + b"\n"
+        anchors.write_bytes(good + bad)
+        r = CliRunner().invoke(main, ["verify", "--anchors", str(anchors), "--db", store_url])
+        assert r.exit_code == 2, (bad, r.output)
+        assert "entry 2 is not a run's head" in r.stderr, r.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n")
+    r = CliRunner().invoke(main, ["verify", "--anchors", str(empty), "--db", store_url])
+    assert r.exit_code == 2
+    assert "holds no heads" in r.stderr

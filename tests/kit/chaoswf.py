@@ -7,6 +7,7 @@ its runs an empty one, so the uninterrupted run and the interrupted one do not s
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 from engine import step, step_context, workflow
@@ -59,3 +60,21 @@ def append_line(index: int, work_ms: int) -> int:
 @workflow("chaos-append", version=1)
 def append(steps: int = 10, work_ms: int = 80) -> list[int]:
     return [append_line(i, work_ms) for i in range(steps)]
+
+
+@step
+def new_id(index: int, work_ms: int) -> str:
+    """Correct and idempotent, but returns a fresh random id each time it runs."""
+    time.sleep(work_ms / 1000)
+    return f"{index}-{uuid.uuid4().hex}"
+
+
+@workflow("chaos-random", version=1)
+def random_ids(steps: int = 6, work_ms: int = 60) -> list[str]:
+    return [new_id(i, work_ms) for i in range(steps)]
+
+
+@workflow("chaos-random-body", version=1)
+def random_body(steps: int = 6, work_ms: int = 60) -> list[str]:
+    """Wrong: a random value drawn in the body, outside any step, differs on every replay."""
+    return [new_id(i, work_ms) for i in range(steps)] + [uuid.uuid4().hex]

@@ -149,3 +149,34 @@ def test_text_report_reads_as_the_docs_describe(capsys: pytest.CaptureFixture[st
     assert "append_line#5 x2" in lines[6]
     assert "DIFFERS" in lines[7]
     assert report.to_dict()["matched"] is False
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["detected", "declared"])
+def test_chaos_passes_a_correct_workflow_whose_output_is_random(
+    tmp_path: Path, declared: bool
+) -> None:
+    extra = ["--output-varies"] if declared else []
+    work = tmp_path / "kept"
+    rc, report, err = chaos(tmp_path, "chaoswf:random_ids", "--kills", "2", "--seed", "3",
+                            "--workdir", str(work), *extra)
+    assert rc == 0, (err, report)
+    assert report["matched"] is True
+    assert report["output_varies"] is True
+    assert report["replayed"] is True
+    assert report["output"] != report["reference_output"]
+    # Detected: a second uninterrupted run was made, and differed; declared: it was not.
+    assert (work / "reference-again.db").exists() is not declared
+    text = stepstone(tmp_path, "chaos", "chaoswf:random_ids", "--kills", "1", "--seed", "3",
+                     *extra)
+    assert text.returncode == 0, text.stderr
+    assert "varies by design" in text.stdout
+    assert "DIFFERS" not in text.stdout
+    assert "idempotent" not in text.stdout
+
+
+def test_chaos_names_a_random_value_drawn_outside_a_step(tmp_path: Path) -> None:
+    done = stepstone(tmp_path, "chaos", "chaoswf:random_body", "--kills", "1", "--seed", "3")
+    assert done.returncode == 1, done.stderr
+    assert "varies by design" in done.stdout
+    assert "not deterministic between steps" in done.stdout
+    assert "operation_id" not in done.stdout  # not the idempotency advice: not the cause

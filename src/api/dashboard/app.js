@@ -15,11 +15,78 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The token lives in this tab's sessionStorage, which no other origin (another port of the
+// same host included) can read, and goes out as a header: never as a cookie, which every
+// server on this host would be sent.
+const TOKEN_KEY = "stepstone.token";
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+function askToken() {
+  closeStreams();
+  $("list-view").hidden = true; $("run-view").hidden = true; $("login-view").hidden = false;
+  setLive(false, "token required");
+  $("token").focus();
+}
+
 async function getJSON(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-  if (r.status === 401) { location.reload(); throw new Error("token required"); }
+  const r = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() }, credentials: "omit" });
+  if (r.status === 401) { askToken(); throw new Error("token required"); }
   if (!r.ok) throw new Error((await r.json().catch(() => ({}))).detail || r.statusText);
   return r.json();
+}
+
+// Server-Sent Events over fetch: EventSource cannot send an Authorization header.
+class EventStream {
+  constructor(path, handlers) {
+    this.path = path; this.handlers = handlers;
+    this.abort = new AbortController(); this.closed = false;
+    this.run();
+  }
+  close() { this.closed = true; this.abort.abort(); }
+  emit(type, data) { const h = this.handlers[type]; if (h) h(data); }
+  async run() {
+    let delay = 1000;
+    while (!this.closed) {
+      try {
+        const r = await fetch(this.path, { headers: { Accept: "text/event-stream", ...authHeaders() },
+          credentials: "omit", cache: "no-store", signal: this.abort.signal });
+        if (r.status === 401) { askToken(); return; }
+        if (!r.ok || !r.body) throw new Error(r.statusText);
+        this.emit("open"); delay = 1000;
+        await this.read(r.body.pipeThrough(new TextDecoderStream()).getReader());
+      } catch (e) { if (this.closed) return; }
+      if (this.closed) return;
+      this.emit("error");
+      await new Promise((ok) => setTimeout(ok, delay));
+      delay = Math.min(delay * 2, 15000);
+    }
+  }
+  async read(reader) {
+    let buffer = "", type = "message", data = [];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl).replace(/\r$/, "");
+        buffer = buffer.slice(nl + 1);
+        if (line === "") {
+          if (data.length) this.emit(type, data.join("\n"));
+          type = "message"; data = [];
+          if (this.closed) return;
+        } else if (!line.startsWith(":")) {
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") type = val;
+          else if (field === "data") data.push(val);
+        }
+      }
+    }
+  }
 }
 
 function fmtTime(iso) {
@@ -38,19 +105,26 @@ function fmtDur(s) {
 }
 function pill(status) { return el("span", { class: "pill " + status }, status); }
 
-// How far a run is: the current step's own progress when it reports one, else steps.
+// How far a run is: steps done over the steps the latest completed run of its workflow
+// version took (steps_expected), plus the current step's own progress when it reports one.
+// Without a completed run to go by there is no total: the bar shows only the current step.
 function progressOf(run) {
-  if (run.status === "completed") return { frac: 1, text: `${run.steps_done} steps` };
-  const steps = `${run.steps_done}/${run.steps_started} steps`;
-  if (run.progress && run.progress.total > 0) {
-    const f = Math.min(1, (run.progress.done || 0) / run.progress.total);
-    return { frac: f, text: `${steps} · ${run.current_step || ""} ${(f * 100).toFixed(0)}%` };
-  }
-  return { frac: run.steps_started ? run.steps_done / run.steps_started : 0, text: steps };
+  if (run.status === "completed") return { frac: 1, text: `${run.steps_done} steps`, title: "completed" };
+  const expected = run.steps_expected ? Math.max(run.steps_expected, run.steps_done) : null;
+  const current = run.status === "running" && run.progress && run.progress.total > 0
+    ? Math.min(1, (run.progress.done || 0) / run.progress.total) : null;
+  const title = expected
+    ? `${run.steps_done} of ${expected} steps: ${expected} is how many the latest completed run of v${run.workflow_version} took`
+    : `${run.steps_done} steps done, ${run.steps_started} started: no completed run of v${run.workflow_version} yet to say how many there are`;
+  const steps = expected ? `${run.steps_done} of ${expected} steps` : `${run.steps_done} steps done`;
+  let frac = expected ? Math.min(1, (run.steps_done + (current || 0)) / expected) : (current || 0);
+  if (!expected && current === null) frac = 0;
+  const text = current !== null ? `${steps} · ${run.current_step || ""} ${(current * 100).toFixed(0)}%` : steps;
+  return { frac, text, title };
 }
 function progressBar(run, big) {
   const p = progressOf(run);
-  return el("div", { class: "progress " + run.status + (big ? " big" : "") },
+  return el("div", { class: "progress " + run.status + (big ? " big" : ""), title: p.title },
     el("div", { style: { width: (p.frac * 100).toFixed(1) + "%" } }), el("span", {}, p.text));
 }
 
@@ -61,7 +135,7 @@ function setLive(on, text) {
 
 async function refreshHealth() {
   try {
-    const r = await fetch("/readyz", { headers: { Accept: "application/json" } });
+    const r = await fetch("/readyz", { headers: { Accept: "application/json", ...authHeaders() }, credentials: "omit" });
     const body = await r.json();
     const lag = Math.max(0, ...(body.views || []).map((v) => v.lag));
     $("lag").textContent = body.ready ? `log ${body.head} · lag ${lag}` : `not ready: ${body.store} · lag ${lag}`;
@@ -148,15 +222,15 @@ function refreshStatsSoon() {
 
 function openListStream() {
   closeStreams();
-  const src = new EventSource("/stream");
-  src.addEventListener("open", () => setLive(true, "live"));
-  src.addEventListener("error", () => setLive(false, "reconnecting"));
-  src.addEventListener("run", (e) => { upsertRun(JSON.parse(e.data), true); refreshStatsSoon(); });
-  state.source = src;
+  state.source = new EventStream("/stream", {
+    open: () => setLive(true, "live"),
+    error: () => setLive(false, "reconnecting"),
+    run: (data) => { upsertRun(JSON.parse(data), true); refreshStatsSoon(); },
+  });
 }
 
 async function showList() {
-  $("run-view").hidden = true; $("list-view").hidden = false;
+  $("run-view").hidden = true; $("login-view").hidden = true; $("list-view").hidden = false;
   document.title = "Stepstone · runs";
   await Promise.all([loadRuns(true), loadWorkflows(), loadHotspots()]).catch((e) => setLive(false, e.message));
   openListStream();
@@ -176,9 +250,11 @@ function renderRun(run) {
   $("r-bar").parentElement.className = "progress big " + run.status;
   $("r-bar").style.width = (p.frac * 100).toFixed(1) + "%";
   $("r-bar-text").textContent = p.text;
+  $("r-bar").parentElement.title = p.title;
   $("r-facts").replaceChildren(
     fact("Current step", run.current_step ? `${run.current_step} (${run.current_step_status})` : "–"),
     fact("Steps done / started", `${run.steps_done} / ${run.steps_started}`),
+    fact("Steps expected", run.steps_expected ? `${run.steps_expected} (latest completed run of v${run.workflow_version})` : "unknown (none completed yet)"),
     fact("Step progress", run.progress ? `${run.progress.done ?? 0} / ${run.progress.total}` : "–"),
     fact("Attempts", run.attempts), fact("Retries", run.retries),
     fact("Preemptions", run.preemptions), fact("Crashes", run.crashes),
@@ -195,12 +271,16 @@ function renderTimeline(attempts) {
   const times = attempts.flatMap((a) => [a.started_at, a.ended_at]).filter(Boolean).map((t) => Date.parse(t));
   const now = Date.now();
   const t0 = Math.min(...times, now);
-  const live = runView.run && !["completed", "failed", "cancelled"].includes(runView.run.status);
-  const t1 = Math.max(...times, live ? now : 0, t0 + 1);
+  // Only a running run stretches to now; any other (preempted, parked, waiting, finished)
+  // ends at its last event.
+  const run = runView.run;
+  const live = run && run.status === "running";
+  const last = run && run.updated_at ? Date.parse(run.updated_at) : 0;
+  const t1 = Math.max(...times, live ? now : last, t0 + 1);
   $("t-span").textContent = `${attempts.length} attempts over ${fmtDur((t1 - t0) / 1000)}`;
   $("timeline").replaceChildren(...attempts.map((a) => {
     const s = Date.parse(a.started_at || t0);
-    const end = a.ended_at ? Date.parse(a.ended_at) : (a.outcome === "running" ? now : s);
+    const end = a.ended_at ? Date.parse(a.ended_at) : (a.outcome === "running" ? (live ? now : Math.max(s, last)) : s);
     const seg = el("div", { class: "tl-seg " + (a.outcome || ""), title: `${a.step_key} attempt ${a.attempt}: ${a.outcome}` + (a.error_message ? ` – ${a.error_type}: ${a.error_message}` : "") });
     seg.style.left = ((s - t0) / (t1 - t0) * 100).toFixed(2) + "%";
     seg.style.width = (Math.max(0, end - s) / (t1 - t0) * 100).toFixed(2) + "%";
@@ -259,18 +339,19 @@ function refreshDetailsSoon(id) {
 }
 
 async function showRun(id) {
-  $("list-view").hidden = true; $("run-view").hidden = false;
+  $("list-view").hidden = true; $("login-view").hidden = true; $("run-view").hidden = false;
   Object.assign(runView, { events: [], cursor: null, run: null });
   closeStreams();
   try {
     renderRun(await getJSON(`/runs/${id}`));
     await loadRunDetails(id);
   } catch (e) { $("r-title").textContent = e.message; return; }
-  const src = new EventSource(`/runs/${id}/stream`);
-  src.addEventListener("open", () => setLive(true, "live"));
-  src.addEventListener("error", () => setLive(false, "reconnecting"));
-  src.addEventListener("run", (e) => { renderRun(JSON.parse(e.data)); refreshDetailsSoon(id); });
-  src.addEventListener("end", () => { src.close(); setLive(true, "run finished"); refreshDetailsSoon(id); });
+  const src = new EventStream(`/runs/${id}/stream`, {
+    open: () => setLive(true, "live"),
+    error: () => setLive(false, "reconnecting"),
+    run: (data) => { renderRun(JSON.parse(data)); refreshDetailsSoon(id); },
+    end: () => { src.close(); setLive(true, "run finished"); refreshDetailsSoon(id); },
+  });
   state.runSource = src;
 }
 
@@ -287,6 +368,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("f-status").addEventListener("change", () => { state.filters.status = $("f-status").value; loadRuns(true); });
   $("f-workflow").addEventListener("change", () => { state.filters.workflow = $("f-workflow").value.trim(); loadRuns(true); });
   $("filters").addEventListener("submit", (e) => e.preventDefault());
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value);
+    $("token").value = "";
+    route();
+  });
   $("more").addEventListener("click", () => loadRuns(false));
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
