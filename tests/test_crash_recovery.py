@@ -24,6 +24,7 @@ import pytest
 
 import crashwf
 from engine import Engine, HistoryEntry, RunStatus, Settings
+from support import Ledger
 
 TESTS_DIR = Path(__file__).parent
 DEMO_RECORDS = 200_000
@@ -129,10 +130,10 @@ def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def ledger(ledger_db: str) -> Iterator[crashwf.Ledger]:
+def ledger(ledger_db: str) -> Iterator[Ledger]:
     """The test's own connection to the ledger, tables created before any runner starts."""
-    led = crashwf.Ledger(ledger_db)
-    led.create_tables()
+    led = Ledger(ledger_db)
+    crashwf.create_tables(led)
     try:
         yield led
     finally:
@@ -166,15 +167,15 @@ def expected_values(params: dict[str, int]) -> list[str]:
     return values
 
 
-def count(led: crashwf.Ledger, sql: str) -> int:
+def count(led: Ledger, sql: str) -> int:
     return int(led.execute(sql)[0][0] or 0)
 
 
-def units_done(led: crashwf.Ledger) -> int:
+def units_done(led: Ledger) -> int:
     return count(led, "SELECT SUM(times) FROM crash_units")
 
 
-def progress(led: crashwf.Ledger) -> int:
+def progress(led: Ledger) -> int:
     """Grows with every step execution and every unit processed, across all processes."""
     return (
         count(led, "SELECT COUNT(*) FROM crash_attempts")
@@ -194,7 +195,7 @@ def kill_repeatedly(
     procs: Procs,
     engine: Engine,
     run_id: UUID,
-    led: crashwf.Ledger,
+    led: Ledger,
     params: dict[str, int],
     rng: random.Random,
 ) -> list[Kill]:
@@ -284,7 +285,7 @@ def test_sigkill_mid_step_loses_nothing_and_applies_effects_once(
     engine: Engine,
     store_url: str,
     ledger_db: str,
-    ledger: crashwf.Ledger,
+    ledger: Ledger,
     procs: Procs,
     tmp_path: Path,
     params: dict[str, int],
@@ -349,7 +350,7 @@ def test_sigterm_preempts_at_a_checkpoint_and_resume_continues_from_it(
     engine: Engine,
     store_url: str,
     ledger_db: str,
-    ledger: crashwf.Ledger,
+    ledger: Ledger,
     procs: Procs,
     tmp_path: Path,
 ) -> None:

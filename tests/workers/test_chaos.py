@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import workerwf
-from crashwf import Ledger
 from engine import RunStatus
+from support import Ledger
 from workers.harness import FAST_LEASE, WorkerProcess, engine_for, ledger_url, wait_all
 
 pytestmark = pytest.mark.slow

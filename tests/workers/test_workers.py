@@ -15,10 +15,10 @@ from uuid import UUID
 import pytest
 
 import workerwf
-from crashwf import Ledger
 from engine import Engine, RunStatus
 from engine.leases import DEFAULT_QUEUE, LeaseStore
 from engine.worker import Worker
+from support import Ledger
 from workers.harness import FAST_LEASE, engine_for, ledger_url, wait_all, workers
 
 
