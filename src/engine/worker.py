@@ -199,7 +199,7 @@ class Worker:
         engine, stats, run_id = self.engine, self.stats, claim.run_id
         if claim.takeovers > engine.settings.max_takeovers:
             note = (
-                f"parked: its worker died {claim.takeovers - 1} times in a row while driving "
+                f"parked: its worker died {claim.takeovers} times in a row while driving "
                 "it (a step that kills its process?). Fix the cause, then `stepstone resume "
                 f"{run_id}`"
             )

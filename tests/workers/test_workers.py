@@ -236,29 +236,6 @@ def test_durable_sleep_and_retry_backoff_do_not_hold_a_worker(
         assert "waits until" in w.log()
 
 
-def test_crash_looping_run_is_parked_not_claimed_forever(store_url: str) -> None:
-    with engine_for(store_url, max_takeovers=2, lease_duration_s=0.2,
-                    heartbeat_interval_s=0.1) as engine:
-        run_id = engine.start(workerwf.chaos_chain, {"db": "x", "tag": "loop"})
-        for n in range(3):  # three workers claim it and die without a word
-            claims = engine.leases.claim(f"dead{n}", None, 1, 0.2)
-            assert [c.run_id for c in claims] == [run_id]
-            time.sleep(0.25)
-        worker = Worker(engine)
-        claim = engine.leases.claim("survivor", None, 1, 30)[0]
-        assert claim.takeovers == 3
-        engine.settings.worker_id = "survivor"
-        worker._drive(claim, time.monotonic())
-        row = engine.leases.row(run_id)
-        assert row is not None
-        assert row.state == "parked"
-        assert "died 2 times in a row" in (row.note or "")
-        assert engine.leases.claim("anyone", None, 5, 30) == []
-        info = engine.status(run_id)  # visible everywhere: a RunParked event in the log
-        assert info.status is RunStatus.PARKED
-        assert "died 2 times in a row" in (info.parked_reason or "")
-
-
 def test_sweep_restores_a_run_missing_from_the_index(store_url: str) -> None:
     with engine_for(store_url) as engine:
         run_id = engine.start(workerwf.chaos_chain, {"db": "x", "tag": "lost"})
