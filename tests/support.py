@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,23 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def call_when(condition: Callable[[], object], action: Callable[[], object],
+              timeout_s: float = 60.0) -> threading.Thread:
+    """Call `action` from a thread as soon as `condition` holds (e.g. preempt once the log
+    shows a timer started); join the returned thread after the code under test returns."""
+    def run() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                return  # the test's own assertions report what did not happen
+            time.sleep(0.005)
+        action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def child_env(*paths: Path | str, **extra: str) -> dict[str, str]:

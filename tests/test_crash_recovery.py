@@ -24,7 +24,7 @@ import pytest
 
 import crashwf
 from engine import Engine, HistoryEntry, RunStatus, Settings
-from support import Ledger
+from support import Ledger, child_env
 
 TESTS_DIR = Path(__file__).parent
 DEMO_RECORDS = 200_000
@@ -39,13 +39,6 @@ SLOW = {"kills": 24, "steps": 250, "work_ms": 16, "units": 120, "unit_ms": 10, "
 
 
 # -- processes ----------------------------------------------------------------------------
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 class Procs:
     """Spawns subprocesses with their output in files; kills whatever is left at the end."""
 

@@ -18,7 +18,7 @@ import workerwf
 from engine import Engine, RunStatus
 from engine.leases import DEFAULT_QUEUE, LeaseStore
 from engine.worker import Worker
-from support import Ledger
+from support import Ledger, wait_until
 from workers.harness import FAST_LEASE, engine_for, ledger_url, wait_all, workers
 
 
@@ -146,7 +146,7 @@ def test_sigterm_drains_and_another_worker_resumes_from_the_checkpoint(
         run_id = engine.start(workerwf.long_units, {"db": db, "tag": "drain", "count": 150,
                                                      "unit_ms": 20})
         with workers(store_url, tmp_path, 1, *FAST_LEASE, prefix="first") as (first,):
-            _wait_for(lambda: _checkpoints(engine, run_id) >= 20, 60)
+            wait_until(lambda: _checkpoints(engine, run_id) >= 20, "twenty saved units", 60)
             t0 = time.monotonic()
             assert first.stop(timeout=30) == 0
             drain_s = time.monotonic() - t0
@@ -186,11 +186,12 @@ def test_zombie_worker_is_fenced_after_its_lease_is_taken_over(
         run_id = engine.start(workerwf.long_units, {"db": db, "tag": "zombie", "count": 120,
                                                      "unit_ms": 25})
         with workers(store_url, tmp_path, 1, *FAST_LEASE, prefix="zombie") as (zombie,):
-            _wait_for(lambda: _checkpoints(engine, run_id) >= 10, 60)
+            wait_until(lambda: _checkpoints(engine, run_id) >= 10, "ten saved units", 60)
             zombie.signal(signal.SIGSTOP)
             stopped_at = engine.status(run_id).version
             with workers(store_url, tmp_path, 1, *FAST_LEASE, prefix="heir") as (heir,):
-                _wait_for(lambda: engine.status(run_id).version > stopped_at + 5, 30)
+                wait_until(lambda: engine.status(run_id).version > stopped_at + 5,
+                           "the heir to write", 30)
                 zombie.signal(signal.SIGCONT)
                 wait_all(engine, [run_id], 60)
                 assert heir.stop() == 0
@@ -216,7 +217,8 @@ def test_durable_sleep_and_retry_backoff_do_not_hold_a_worker(
         sleeper = engine.start(workerwf.sleeper, {"db": db, "tag": "zz", "seconds": 3})
         retrier = engine.start(workerwf.retrier, {"db": db, "tag": "rr"})
         with workers(store_url, tmp_path, 1, *FAST_LEASE, "--concurrency", "1") as (w,):
-            _wait_for(lambda: engine.status(sleeper).status is RunStatus.WAITING, 30)
+            wait_until(lambda: engine.status(sleeper).status is RunStatus.WAITING,
+                       "the sleeper to wait", 30)
             quick = [engine.start(workerwf.chaos_chain, {"db": db, "tag": f"q{i}", "steps": 2,
                                                           "pause_ms": 2}) for i in range(3)]
             wait_all(engine, quick, 30)
@@ -272,15 +274,6 @@ def _checkpoints(engine: Engine, run_id: UUID) -> int:
     return step.checkpoint_sequence if step else 0
 
 
-def _wait_for(predicate: object, timeout_s: float) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        time.sleep(0.05)
-
-
 def test_the_compose_commands_run_the_demo_through_workers(pg_schema: str,
                                                            tmp_path: Path) -> None:
     """compose.yaml's enqueue and worker commands, run here as processes against PostgreSQL."""
@@ -328,10 +321,6 @@ def test_workers_starting_together_on_an_empty_store_all_come_up(
     store_url: str, tmp_path: Path
 ) -> None:
     """Table and function creation is serialized: no 'tuple concurrently updated' at start."""
-    with workers(store_url, tmp_path, 4, *FAST_LEASE) as procs:
-        deadline = time.monotonic() + 60
-        while not all("started" in p.log() for p in procs):
-            assert all(p.proc.poll() is None for p in procs), [p.log() for p in procs]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    with workers(store_url, tmp_path, 4, *FAST_LEASE) as procs:  # each one logged "started"
+        assert all("Traceback" not in p.log() for p in procs)
         assert [p.stop() for p in procs] == [0, 0, 0, 0]
