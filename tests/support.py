@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -51,6 +51,18 @@ def call_when(condition: Callable[[], object], action: Callable[[], object],
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def open_step(history: Iterable[Any]) -> str | None:
+    """The step a run's history (`engine.history(run_id)`) shows started and not ended."""
+    opened: dict[str, None] = {}
+    for e in history:
+        key = str(e.fields.get("step_key"))
+        if e.event_type == "StepStarted":
+            opened[key] = None
+        elif e.event_type in ("StepCompleted", "StepFailed", "StepPreempted"):
+            opened.pop(key, None)
+    return next(iter(opened), None)
 
 
 def child_env(*paths: Path | str, **extra: str) -> dict[str, str]:

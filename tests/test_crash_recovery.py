@@ -24,7 +24,7 @@ import pytest
 
 import crashwf
 from engine import Engine, HistoryEntry, RunStatus, Settings
-from support import Ledger, child_env
+from support import Ledger, child_env, open_step
 
 TESTS_DIR = Path(__file__).parent
 DEMO_RECORDS = 200_000
@@ -467,19 +467,41 @@ def test_demo_survives_sigkill_at_random_points(
 ) -> None:
     rng = random.Random(f"demo-{store_url.split(':')[0]}")
     workdir = tmp_path / "demo"
-    landed: list[str | None] = []
-    for _ in range(3):
+    landed: list[str] = []
+    for n in range(3):
+        run_id = demo_run(engine)
+        before = engine.status(run_id).version if run_id else 0
+        saved = demo_checkpoint(engine)
         proc = procs.spawn(demo_args(workdir, store_url))
-        try:
-            rc = proc.wait(rng.uniform(0.4, 1.6))
-        except subprocess.TimeoutExpired:
-            if not procs.sigkill(proc):
-                break
-            run_id = demo_run(engine)
-            landed.append(engine.status(run_id).current_step if run_id else None)
-        else:
-            assert rc == 0, "\n".join(procs.output(proc))
+        # The first kill lands in the first step; the next ones once the checkpointing step
+        # saved more records, so a kill also cuts a step that resumes from a checkpoint.
+        aim = None if n == 0 else "process_records#0"
+
+        def working(p: subprocess.Popen[bytes] = proc, v: int = before, c: int = saved,
+                    step: str | None = aim) -> bool:
+            """The runner wrote something and is inside the aimed step, or it exited."""
+            run = demo_run(engine)
+            if p.poll() is not None:
+                return True
+            if run is None or engine.status(run).version <= v:
+                return False
+            current = open_step(engine.history(run))
+            if step is None:
+                return current is not None
+            return current == step and demo_checkpoint(engine) > c
+
+        wait_for(working, "the demo to work inside a step")
+        time.sleep(rng.uniform(0.0, 0.3))  # a random point inside the step
+        if proc.poll() is not None:
+            assert proc.returncode == 0, "\n".join(procs.output(proc))
             break
+        if not procs.sigkill(proc):
+            break
+        run_id = demo_run(engine)
+        assert run_id is not None
+        step = open_step(engine.history(run_id))
+        assert step is not None, "the kill hit no open step"
+        landed.append(step)
     final = procs.spawn(demo_args(workdir, store_url))
     assert procs.finish(final) == 0, "\n".join(procs.output(final))
     out, _ = procs.output(final)

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import workerwf
 from engine import Engine, RunStatus
-from support import Ledger, wait_until
+from support import Ledger, open_step, wait_until
 from workers.harness import FAST_LEASE, WorkerProcess, engine_for, ledger_url, wait_all, workers
 
 LOOP_LEASE = ("--lease", "1", "--heartbeat", "0.2", "--poll", "0.1", "--concurrency", "1",
@@ -30,18 +30,6 @@ def _executions(db: str, like: str) -> list[tuple[str, int]]:
     finally:
         led.close()
     return [(str(op), int(pid)) for op, pid in rows]
-
-
-def _open_step(engine: Engine, run_id: UUID) -> str | None:
-    """The step the log shows started and not ended, if any."""
-    opened: dict[str, int] = {}
-    for e in engine.history(run_id):
-        key = e.fields.get("step_key")
-        if e.event_type == "StepStarted":
-            opened[str(key)] = 1
-        elif e.event_type in ("StepCompleted", "StepFailed", "StepPreempted"):
-            opened.pop(str(key), None)
-    return next(iter(opened), None)
 
 
 def _saved_units(engine: Engine, run_id: UUID) -> int:
@@ -66,7 +54,7 @@ def test_a_worker_killed_mid_step_is_taken_over_and_redoes_only_the_unsaved_unit
             victim.signal(signal.SIGKILL)
             assert victim.proc.wait(30) == -signal.SIGKILL
         # The kill landed on an open step: started by the victim, with no end in the log.
-        assert _open_step(engine, run_id) == "units#0"
+        assert open_step(engine.history(run_id)) == "units#0"
         saved = _saved_units(engine, run_id)
         assert saved < count
         assert victim.proc.pid in {pid for _, pid in _executions(db, "%@%")}
