@@ -206,6 +206,22 @@ def test_zombie_worker_is_fenced_after_its_lease_is_taken_over(
         assert "no longer holds its lease" in log
     units = effects(db, "zombie")
     assert sorted(i for _, _, i in units) == list(range(120))  # each effect exactly once
+    # Every execution counted: the heir started at the zombie's last saved unit, and only the
+    # unit the zombie was inside when it froze (and finished after waking) ran twice.
+    led = Ledger(db)
+    try:
+        rows = led.execute("SELECT operation_id, pid FROM worker_attempts WHERE tag = 'zombie' "
+                           "ORDER BY at")
+    finally:
+        led.close()
+    starts = [(int(op.rsplit("@", 1)[1]), pid) for op, pid in rows if "@" in op]
+    assert [pid for _, pid in starts] == [zombie.proc.pid, heir.proc.pid]
+    resumed_at = starts[1][0]
+    runs = Counter(int(op.rsplit("/unit", 1)[1]) for op, _ in rows if "@" not in op)
+    assert sorted(runs) == list(range(120))
+    twice = sorted(u for u, n in runs.items() if n > 1)
+    assert set(runs.values()) <= {1, 2}
+    assert twice in ([], [resumed_at]), (resumed_at, twice)
 
 
 def test_durable_sleep_and_retry_backoff_do_not_hold_a_worker(
