@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pytest
 
 import crashwf
 from engine import Engine, HistoryEntry, RunStatus, Settings
-from support import Ledger, child_env, open_step
+from support import Ledger, child_env, open_step, wait_until
 
 TESTS_DIR = Path(__file__).parent
 DEMO_RECORDS = 200_000
@@ -97,14 +97,6 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield p
     finally:
         p.kill_all()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def runner_args(store_url: str, run_id: UUID) -> list[str]:
@@ -202,7 +194,7 @@ def kill_repeatedly(
         measure = units_done if aim else progress
         before = measure(led)
         proc = procs.spawn(runner_args(engine.settings.database_url, run_id))
-        wait_for(
+        wait_until(
             lambda m=measure, b=before, p=proc: m(led) > b or p.poll() is not None,
             "the runner to process a unit" if aim else "the runner to make progress",
         )
@@ -354,7 +346,7 @@ def test_sigterm_preempts_at_a_checkpoint_and_resume_continues_from_it(
         return sum(1 for e in engine.history(run_id) if e.event_type == "StepCheckpointed")
 
     proc = procs.spawn(runner_args(store_url, run_id))
-    wait_for(lambda: checkpoints() >= 10 or proc.poll() is not None, "10 checkpoints")
+    wait_until(lambda: checkpoints() >= 10 or proc.poll() is not None, "10 checkpoints")
     assert proc.poll() is None, "\n".join(procs.output(proc))
     os.kill(proc.pid, signal.SIGTERM)
     assert procs.finish(proc) == crashwf.EXIT_PREEMPTED, "\n".join(procs.output(proc))
@@ -490,7 +482,7 @@ def test_demo_survives_sigkill_at_random_points(
                 return current is not None
             return current == step and demo_checkpoint(engine) > c
 
-        wait_for(working, "the demo to work inside a step")
+        wait_until(working, "the demo to work inside a step")
         time.sleep(rng.uniform(0.0, 0.3))  # a random point inside the step
         if proc.poll() is not None:
             assert proc.returncode == 0, "\n".join(procs.output(proc))
@@ -516,7 +508,7 @@ def test_demo_sigint_preempts_with_exit_75_and_resumes(
 ) -> None:
     workdir = tmp_path / "demo"
     proc = procs.spawn(demo_args(workdir, store_url))
-    wait_for(
+    wait_until(
         lambda: demo_checkpoint(engine) >= 20_000 or proc.poll() is not None,
         "the demo to checkpoint 20000 records",
     )

@@ -162,13 +162,3 @@ class Server:
 
     def logs(self) -> str:
         return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 30) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
