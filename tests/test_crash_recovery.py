@@ -173,7 +173,7 @@ def progress(led: Ledger) -> int:
 class Kill:
     delay_s: float
     aimed_at_units: bool
-    step: str | None  # the step in flight, as the store saw it after the kill
+    step: str  # the step in flight, as the log shows it after the kill
 
 
 def kill_repeatedly(
@@ -206,7 +206,9 @@ def kill_repeatedly(
             break
         if not procs.sigkill(proc):
             break
-        kills.append(Kill(delay, aim, engine.status(run_id).current_step))
+        step = open_step(engine.history(run_id))
+        assert step is not None, f"kill {len(kills) + 1} hit no open step"
+        kills.append(Kill(delay, aim, step))
     return kills
 
 
