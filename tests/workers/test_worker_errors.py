@@ -1,7 +1,9 @@
-"""A worker's error branches: no code for a run, a run whose history diverged, a store outage."""
+"""A worker's error branches: no code for a run, a run whose history diverged, a store outage,
+and a SIGTERM that arrives while it starts."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -13,7 +15,14 @@ from engine import Engine, RunStatus, step, step_context, workflow
 from engine.worker import Worker
 from netfault import Relay
 from support import Ledger, wait_until
-from workers.harness import FAST_LEASE, engine_for, ledger_url, wait_all, workers
+from workers.harness import (
+    FAST_LEASE,
+    WorkerProcess,
+    engine_for,
+    ledger_url,
+    wait_all,
+    workers,
+)
 
 
 def test_a_worker_without_the_code_of_a_run_hands_it_back_for_a_while(
@@ -117,3 +126,25 @@ def test_a_worker_rides_out_a_store_outage_and_finishes_its_runs(
     finally:
         led.close()
     assert len(rows) == steps
+
+
+def test_a_worker_sent_sigterm_while_it_starts_exits_zero_having_claimed_nothing(
+    store_url: str, tmp_path: Path
+) -> None:
+    with engine_for(store_url) as engine:
+        run_id = engine.start(workerwf.chaos_chain, {"db": "x", "tag": "early"})
+        w = WorkerProcess(store_url, tmp_path, "early", (*FAST_LEASE, "--import", "slowstart"),
+                          {"SLOWSTART_DIR": str(tmp_path)})
+        try:
+            wait_until(lambda: (tmp_path / "importing").exists() or w.proc.poll() is not None,
+                       "the worker to be importing")
+            w.signal(signal.SIGTERM)  # before it connected, claimed or logged "started"
+            (tmp_path / "go").touch()
+            assert w.proc.wait(60) == 0, w.log()
+        finally:
+            w.kill()
+        assert "SIGTERM: draining" in w.log()
+        assert engine.status(run_id).status is RunStatus.PENDING
+        row = engine.leases.row(run_id)
+        assert row is not None
+        assert (row.claims, row.lease_owner) == (0, None)
