@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -80,3 +81,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def engine(store_url: str) -> Iterator[Engine]:
     with Engine(Settings(database_url=store_url, worker_id="test-worker")) as e:
         yield e
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """Subprocesses with their output in files (`crashkit.Procs`), killed at the end."""
+    from crashkit import Procs
+
+    p = Procs(tmp_path / "procs")
+    try:
+        yield p
+    finally:
+        p.kill_all()

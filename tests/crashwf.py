@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import sys
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 from uuid import UUID
-
-import psycopg
 
 from engine import (
     Engine,
@@ -42,6 +38,7 @@ from engine import (
     step_context,
     workflow,
 )
+from support import Ledger
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -62,40 +59,9 @@ _SCHEMA = (
 )
 
 
-class Ledger:
-    """A tiny autocommit connection over either backend; SQL uses `?` placeholders."""
-
-    def __init__(self, db: str) -> None:
-        self.db = db
-        self.is_postgres = db.startswith(("postgresql://", "postgres://"))
-        if self.is_postgres:
-            parts = urlsplit(db)
-            schema = parse_qs(parts.query).get("schema", ["public"])[0]
-            self._pg = psycopg.connect(
-                urlunsplit(parts._replace(query="")),
-                autocommit=True,
-                options=f"-c search_path={schema}",
-            )
-        else:
-            self._lite = sqlite3.connect(db, isolation_level=None, timeout=30)
-            self._lite.execute("PRAGMA journal_mode=WAL")
-
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self.is_postgres:
-            with self._pg.cursor() as cur:
-                cur.execute(sql.replace("?", "%s"), params)
-                return list(cur.fetchall()) if cur.description else []
-        return list(self._lite.execute(sql, params).fetchall())
-
-    def create_tables(self) -> None:
-        for ddl in _SCHEMA:
-            self.execute(ddl)
-
-    def close(self) -> None:
-        if self.is_postgres:
-            self._pg.close()
-        else:
-            self._lite.close()
+def create_tables(led: Ledger) -> None:
+    for ddl in _SCHEMA:
+        led.execute(ddl)
 
 
 _ledgers: dict[str, Ledger] = {}
@@ -105,7 +71,7 @@ def ledger_for(db: str) -> Ledger:
     """One connection per ledger per process (tables are created on first use)."""
     if db not in _ledgers:
         led = Ledger(db)
-        led.create_tables()
+        create_tables(led)
         _ledgers[db] = led
     return _ledgers[db]
 

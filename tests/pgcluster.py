@@ -1,8 +1,8 @@
-"""A private PostgreSQL cluster for tests that stop or restart the server.
+"""A private PostgreSQL cluster for tests that stop or restart the server: initdb in a
+temporary directory, a free loopback port, stopped and removed afterwards. The shared server
+is never touched.
 
-`initdb` in a temporary directory, listening on a free loopback port, owned by the `postgres`
-system user (the server refuses to run as root). Nothing else shares it, so stopping it
-disturbs no other test.
+The server refuses to run as root, so as root the cluster runs as the `postgres` user.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -21,9 +22,13 @@ from pathlib import Path
 import pytest
 
 
-def _bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
+def find_initdb() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found)
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return Path(candidates[-1]) if candidates else None
 
 
 def _free_port() -> int:
@@ -32,56 +37,61 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Cluster:
-    def __init__(self, data: Path, port: int) -> None:
-        self.data = data
-        self.port = port
-        self.url = f"postgresql://postgres@127.0.0.1:{port}/test"
+class PrivateCluster:
+    def __init__(self, initdb: Path) -> None:
+        self.bin = initdb.parent
+        self.port = _free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="stepstone-pg-"))
+        self.data = self.dir / "data"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "--no-sync", "-E", "UTF8")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _ctl(self, *args: str) -> None:
-        ctl = _bin("pg_ctl")
-        assert ctl is not None
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        cmd = [ctl, "-D", str(self.data), "-l", str(self.data / "server.log"), "-o", options,
-               "-w", *args]
-        subprocess.run(_as_postgres(cmd), check=True, capture_output=True, timeout=60)
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self._as, str(self.bin / tool), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def _ctl(self, action: str, *extra: str) -> None:
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c max_connections=100")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-t", "60",
+                  "-l", str(self.dir / "server.log"), action, *extra)
 
     def start(self) -> None:
         self._ctl("start")
 
-    def stop(self) -> None:
+    def restart(self) -> None:
+        self._ctl("restart", "-m", "fast")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data: `start()` brings the same database back."""
         self._ctl("stop", "-m", "fast")
 
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    def stop(self) -> None:
+        """Stop the server for good and remove its files."""
+        try:
+            with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+                self._ctl("stop", "-m", "immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextmanager
-def private_cluster() -> Iterator[Cluster]:
-    """A started cluster with a `test` database; stopped and removed afterwards."""
-    initdb = _bin("initdb")
+def private_cluster() -> Iterator[PrivateCluster]:
+    """A started private cluster (skipped without initdb, except under CI=true)."""
+    initdb = find_initdb()
     if initdb is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("initdb is not installed (CI=true: a private cluster is required)")
-        pytest.skip("initdb is not installed: no private PostgreSQL cluster")
-    root = Path(tempfile.mkdtemp(prefix="stepstone-pg-"))
-    data = root / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    subprocess.run(_as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]),
-                   check=True, capture_output=True, timeout=120)
-    cluster = Cluster(data, _free_port())
-    cluster.start()
+            pytest.fail("initdb not found (CI=true: the tests that restart PostgreSQL must run)")
+        pytest.skip("initdb not found: no private PostgreSQL cluster to stop and start")
+    cluster = PrivateCluster(initdb)
     try:
-        createdb = _bin("createdb")
-        assert createdb is not None
-        subprocess.run([createdb, "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres",
-                        "test"], check=True, capture_output=True, timeout=60)
+        cluster.start()
         yield cluster
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 
 from engine import Engine
 from stepstone.cli import main
+from support import child_env
 
 TESTS = Path(__file__).parent
 
@@ -145,8 +145,7 @@ def test_missing_sqlite_store_is_not_created_by_reads(tmp_path: Path) -> None:
 
 
 def test_console_script_reads_the_store_url_from_the_environment(tmp_path: Path) -> None:
-    env = {**os.environ, "STEPSTONE_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}",
-           "PYTHONPATH": str(TESTS)}
+    env = child_env(STEPSTONE_DATABASE_URL=f"sqlite:///{tmp_path / 'env.db'}")
     done = subprocess.run(
         [sys.executable, "-m", "stepstone", "run", "cliwf:summing", "--input", '{"a": 5}',
          "--json"],

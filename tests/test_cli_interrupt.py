@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from engine import Engine
+from support import wait_until
 
 DEMO = "from stepstone.cli import main; main()"
 
@@ -34,21 +34,26 @@ def checkpoints(url: str) -> int:
 
 def test_second_ctrl_c_forces_exit_and_loses_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    proc = subprocess.Popen(demo(tmp_path, url), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen(demo(tmp_path, url), stdout=subprocess.DEVNULL,
+                                stderr=err_file, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while checkpoints(url) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        def alive() -> bool:
+            assert proc.poll() is None, err_path.read_text()
+            return True
+
+        wait_until(lambda: alive() and checkpoints(url) >= 2, "two checkpoints")
         os.kill(proc.pid, signal.SIGINT)
-        time.sleep(0.05)  # two signals sent at once would be delivered as one
+        # The second Ctrl-C goes once the first one was handled (two signals sent at once
+        # would be delivered as one).
+        wait_until(lambda: "press Ctrl-C again" in err_path.read_text(), "the first Ctrl-C")
         os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = err_path.read_text()
     assert proc.returncode == 130, err
     assert "forced exit: every recorded event is safe" in err
     recorded = checkpoints(url)
@@ -74,11 +79,11 @@ def test_a_kill_9_during_data_generation_leaves_no_temp_file_behind(tmp_path: Pa
            "--db", url]
     proc = subprocess.Popen(big, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not any(p.stat().st_size > 0 for p in work.glob("input-*.tmp*")):
+        def generating() -> bool:
             assert proc.poll() is None, "the demo ended before it was killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+            return any(p.stat().st_size > 0 for p in work.glob("input-*.tmp*"))
+
+        wait_until(generating, "the demo writing its input")
         proc.kill()  # SIGKILL: no cleanup code runs
         proc.wait(30)
     finally:

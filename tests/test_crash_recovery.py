@@ -1,9 +1,10 @@
 """Crash recovery with real processes: SIGKILL, SIGTERM and SIGINT at random points.
 
-A runner subprocess drives the `crashwf.ledger` workflow (or the CLI drives the demo) and gets
-killed mid-step again and again; the run must still complete with the output of an
-uninterrupted run, every side effect applied exactly once although steps ran more than once,
-and a history without gaps. Kill delays come from a seeded RNG, so a failure can be replayed.
+A runner subprocess drives the `crashwf.ledger` workflow and gets killed mid-step again and
+again (the CLI demo's turn is in test_crash_demo.py); the run must still complete with the
+output of an uninterrupted run, every side effect applied exactly once although steps ran more
+than once, and a history without gaps. Kill delays come from a seeded RNG, so a failure can be
+replayed.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,94 +23,16 @@ from uuid import UUID
 import pytest
 
 import crashwf
+from crashkit import Procs, check_history
 from engine import Engine, HistoryEntry, RunStatus, Settings
+from support import Ledger, open_step, wait_until
 
 TESTS_DIR = Path(__file__).parent
-DEMO_RECORDS = 200_000
-DEMO_STEPS = ["generate_dataset#0", "process_records#0", "summarize#0"]
-DEMO_CODE = "from stepstone.cli import main; main()"
-WAIT_S = 60.0
 
 # Timings tuned so the runner needs several times longer than all the kill delays together:
 # a run that completes before the last planned kill would mean fewer kills than promised.
 FAST = {"kills": 4, "steps": 60, "work_ms": 10, "units": 40, "unit_ms": 8, "units_at": 8}
 SLOW = {"kills": 24, "steps": 250, "work_ms": 16, "units": 120, "unit_ms": 10, "units_at": 60}
-
-
-# -- processes ----------------------------------------------------------------------------
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Procs:
-    """Spawns subprocesses with their output in files; kills whatever is left at the end."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        self.started: list[subprocess.Popen[bytes]] = []
-        self._env = child_env()
-
-    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        n = len(self.started)
-        with (
-            (self.logdir / f"{n}.out").open("wb") as out,
-            (self.logdir / f"{n}.err").open("wb") as err,
-        ):
-            proc = subprocess.Popen(args, stdout=out, stderr=err, env=self._env)
-        self.started.append(proc)
-        return proc
-
-    def output(self, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
-        n = self.started.index(proc)
-        return (
-            (self.logdir / f"{n}.out").read_text(errors="replace"),
-            (self.logdir / f"{n}.err").read_text(errors="replace"),
-        )
-
-    def finish(self, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int:
-        """Wait for a process that should end by itself; its output is shown if it hangs."""
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            out, err = self.output(proc)
-            pytest.fail(f"process {proc.args} did not end in {timeout}s\n{out}\n{err}")
-
-    def sigkill(self, proc: subprocess.Popen[bytes]) -> bool:
-        """SIGKILL a running process: True if the kill landed, False if it had just exited."""
-        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet, so the pid is still this process
-        rc = proc.wait(WAIT_S)
-        if rc != -signal.SIGKILL:
-            assert rc == 0, "\n".join(self.output(proc))
-        return rc == -signal.SIGKILL
-
-    def kill_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path / "procs")
-    try:
-        yield p
-    finally:
-        p.kill_all()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def runner_args(store_url: str, run_id: UUID) -> list[str]:
@@ -129,10 +51,10 @@ def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def ledger(ledger_db: str) -> Iterator[crashwf.Ledger]:
+def ledger(ledger_db: str) -> Iterator[Ledger]:
     """The test's own connection to the ledger, tables created before any runner starts."""
-    led = crashwf.Ledger(ledger_db)
-    led.create_tables()
+    led = Ledger(ledger_db)
+    crashwf.create_tables(led)
     try:
         yield led
     finally:
@@ -166,15 +88,15 @@ def expected_values(params: dict[str, int]) -> list[str]:
     return values
 
 
-def count(led: crashwf.Ledger, sql: str) -> int:
+def count(led: Ledger, sql: str) -> int:
     return int(led.execute(sql)[0][0] or 0)
 
 
-def units_done(led: crashwf.Ledger) -> int:
+def units_done(led: Ledger) -> int:
     return count(led, "SELECT SUM(times) FROM crash_units")
 
 
-def progress(led: crashwf.Ledger) -> int:
+def progress(led: Ledger) -> int:
     """Grows with every step execution and every unit processed, across all processes."""
     return (
         count(led, "SELECT COUNT(*) FROM crash_attempts")
@@ -187,14 +109,14 @@ def progress(led: crashwf.Ledger) -> int:
 class Kill:
     delay_s: float
     aimed_at_units: bool
-    step: str | None  # the step in flight, as the store saw it after the kill
+    step: str  # the step in flight, as the log shows it after the kill
 
 
 def kill_repeatedly(
     procs: Procs,
     engine: Engine,
     run_id: UUID,
-    led: crashwf.Ledger,
+    led: Ledger,
     params: dict[str, int],
     rng: random.Random,
 ) -> list[Kill]:
@@ -208,7 +130,7 @@ def kill_repeatedly(
         measure = units_done if aim else progress
         before = measure(led)
         proc = procs.spawn(runner_args(engine.settings.database_url, run_id))
-        wait_for(
+        wait_until(
             lambda m=measure, b=before, p=proc: m(led) > b or p.poll() is not None,
             "the runner to process a unit" if aim else "the runner to make progress",
         )
@@ -220,47 +142,10 @@ def kill_repeatedly(
             break
         if not procs.sigkill(proc):
             break
-        kills.append(Kill(delay, aim, engine.status(run_id).current_step))
+        step = open_step(engine.history(run_id))
+        assert step is not None, f"kill {len(kills) + 1} hit no open step"
+        kills.append(Kill(delay, aim, step))
     return kills
-
-
-# -- history checks -----------------------------------------------------------------------
-def check_history(entries: list[HistoryEntry], step_keys: list[str], last: list[str]) -> None:
-    """Versions 1..n without gaps, steps strictly sequential, attempts numbered 1..m."""
-    assert [e.version for e in entries] == list(range(1, len(entries) + 1))
-    positions = [e.position for e in entries]
-    assert positions == sorted(set(positions))
-    assert entries[0].event_type == "RunStarted"
-    assert [e.event_type for e in entries[-len(last) :]] == last
-    order: list[str] = []
-    attempts: dict[str, int] = {}
-    completed: set[str] = set()
-    sequence: dict[str, int] = {}
-    for e in entries:
-        key = e.fields.get("step_key")
-        if e.event_type == "StepStarted":
-            assert key not in completed, f"{key} started again after it completed"
-            if key not in order:
-                # Sequential workflow: a new step starts only once every earlier one completed.
-                assert set(order) <= completed, f"{key} started before {set(order) - completed}"
-                order.append(key)
-            assert e.fields["attempt"] == attempts.get(key, 0) + 1, f"attempt gap at {key}"
-            attempts[key] = e.fields["attempt"]
-        elif e.event_type in ("StepCheckpointed", "StepCompleted", "StepPreempted", "StepFailed"):
-            assert key in attempts, f"{e.event_type} of {key} without a StepStarted"
-            assert key not in completed, f"{e.event_type} of {key} after its completion"
-            assert e.fields["attempt"] == attempts[key], f"{e.event_type} of a stale attempt"
-            if e.event_type == "StepCheckpointed":
-                assert e.fields["sequence"] > sequence.get(key, 0)
-                sequence[key] = e.fields["sequence"]
-            if e.event_type == "StepCompleted":
-                completed.add(key)
-    assert order == step_keys[: len(order)]
-    if last[-1] == "RunCompleted":
-        assert order == step_keys
-        assert completed == set(step_keys)
-        started = sum(1 for e in entries if e.event_type == "StepStarted")
-        assert started >= len(step_keys)
 
 
 def checkpoint_before(entries: list[HistoryEntry], step_key: str, attempt: int) -> int:
@@ -284,7 +169,7 @@ def test_sigkill_mid_step_loses_nothing_and_applies_effects_once(
     engine: Engine,
     store_url: str,
     ledger_db: str,
-    ledger: crashwf.Ledger,
+    ledger: Ledger,
     procs: Procs,
     tmp_path: Path,
     params: dict[str, int],
@@ -349,7 +234,7 @@ def test_sigterm_preempts_at_a_checkpoint_and_resume_continues_from_it(
     engine: Engine,
     store_url: str,
     ledger_db: str,
-    ledger: crashwf.Ledger,
+    ledger: Ledger,
     procs: Procs,
     tmp_path: Path,
 ) -> None:
@@ -360,7 +245,7 @@ def test_sigterm_preempts_at_a_checkpoint_and_resume_continues_from_it(
         return sum(1 for e in engine.history(run_id) if e.event_type == "StepCheckpointed")
 
     proc = procs.spawn(runner_args(store_url, run_id))
-    wait_for(lambda: checkpoints() >= 10 or proc.poll() is not None, "10 checkpoints")
+    wait_until(lambda: checkpoints() >= 10 or proc.poll() is not None, "10 checkpoints")
     assert proc.poll() is None, "\n".join(procs.output(proc))
     os.kill(proc.pid, signal.SIGTERM)
     assert procs.finish(proc) == crashwf.EXIT_PREEMPTED, "\n".join(procs.output(proc))
@@ -398,125 +283,3 @@ def test_sigterm_preempts_at_a_checkpoint_and_resume_continues_from_it(
     resumes = [e.fields["reason"] for e in entries if e.event_type == "RunResumed"]
     assert resumes == ["after_preemption"]
     assert checkpoint_before(entries, "process_units#0", 2) == cut
-
-
-# -- the CLI demo -------------------------------------------------------------------------
-def demo_args(workdir: Path, db: str) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        DEMO_CODE,
-        "demo",
-        "--records",
-        str(DEMO_RECORDS),
-        "--workdir",
-        str(workdir),
-        "--db",
-        db,
-    ]
-
-
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
-@pytest.fixture(scope="module")
-def demo_digest(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The digest of an uninterrupted demo run, in its own workdir and store."""
-    base = tmp_path_factory.mktemp("demo-reference")
-    done = subprocess.run(
-        demo_args(base / "work", f"sqlite:///{base / 'store.db'}"),
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    line = last_line(done.stdout)
-    assert line.startswith("result digest: ")
-    return line.removeprefix("result digest: ")
-
-
-def demo_run(engine: Engine) -> UUID | None:
-    runs = engine.runs()
-    return runs[0].run_id if runs else None
-
-
-def demo_checkpoint(engine: Engine) -> int:
-    """How many records the demo run has checkpointed so far (0 before it exists)."""
-    run_id = demo_run(engine)
-    if run_id is None:
-        return 0
-    done = [
-        e.fields["progress_done"]
-        for e in engine.history(run_id)
-        if e.event_type == "StepCheckpointed"
-    ]
-    return done[-1] if done else 0
-
-
-def check_demo_history(engine: Engine) -> list[HistoryEntry]:
-    run_id = demo_run(engine)
-    assert run_id is not None
-    entries = engine.history(run_id)
-    check_history(entries, DEMO_STEPS, ["RunCompleted"])
-    offsets = [e.fields["state"]["offset"] for e in entries if e.event_type == "StepCheckpointed"]
-    assert offsets == sorted(offsets)
-    assert offsets[-1] == DEMO_RECORDS
-    return entries
-
-
-def test_demo_survives_sigkill_at_random_points(
-    engine: Engine, store_url: str, procs: Procs, tmp_path: Path, demo_digest: str
-) -> None:
-    rng = random.Random(f"demo-{store_url.split(':')[0]}")
-    workdir = tmp_path / "demo"
-    landed: list[str | None] = []
-    for _ in range(3):
-        proc = procs.spawn(demo_args(workdir, store_url))
-        try:
-            rc = proc.wait(rng.uniform(0.4, 1.6))
-        except subprocess.TimeoutExpired:
-            if not procs.sigkill(proc):
-                break
-            run_id = demo_run(engine)
-            landed.append(engine.status(run_id).current_step if run_id else None)
-        else:
-            assert rc == 0, "\n".join(procs.output(proc))
-            break
-    final = procs.spawn(demo_args(workdir, store_url))
-    assert procs.finish(final) == 0, "\n".join(procs.output(final))
-    out, _ = procs.output(final)
-    print(f"demo kills landed in: {landed}")
-    assert len(landed) >= 2
-    assert last_line(out) == f"result digest: {demo_digest}"
-    check_demo_history(engine)
-
-
-def test_demo_sigint_preempts_with_exit_75_and_resumes(
-    engine: Engine, store_url: str, procs: Procs, tmp_path: Path, demo_digest: str
-) -> None:
-    workdir = tmp_path / "demo"
-    proc = procs.spawn(demo_args(workdir, store_url))
-    wait_for(
-        lambda: demo_checkpoint(engine) >= 20_000 or proc.poll() is not None,
-        "the demo to checkpoint 20000 records",
-    )
-    assert proc.poll() is None, "\n".join(procs.output(proc))
-    os.kill(proc.pid, signal.SIGINT)
-    assert procs.finish(proc) == 75, "\n".join(procs.output(proc))
-    _, err = procs.output(proc)
-    assert "Resume with" in err
-    cut = demo_checkpoint(engine)
-    assert 20_000 <= cut < DEMO_RECORDS
-
-    again = procs.spawn(demo_args(workdir, store_url))
-    assert procs.finish(again) == 0, "\n".join(procs.output(again))
-    out, err = procs.output(again)
-    assert "resuming run" in err
-    assert last_line(out) == f"result digest: {demo_digest}"
-    entries = check_demo_history(engine)
-    resumed = [e for e in entries if e.event_type == "StepStarted" and e.fields["attempt"] == 2]
-    assert [e.fields["step_key"] for e in resumed] == ["process_records#0"]

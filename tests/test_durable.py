@@ -20,6 +20,7 @@ from engine import (
     step_context,
     workflow,
 )
+from support import call_when
 
 executions: Counter[str] = Counter()
 running = 0
@@ -108,11 +109,9 @@ def test_gather_runs_branches_in_parallel_up_to_the_limit_in_stable_order(
 
 
 def test_a_preempted_fan_out_resumes_only_unfinished_branches(engine: Engine) -> None:
-    stop_after["preempt_at"] = 4
-    timer = threading.Timer(0.25, engine.preempt, args=("test preemption",))
-    timer.start()
+    stop_after["preempt_at"] = 4  # branch 4 preempts the run, then checkpoints
+    on_stop.append(lambda: engine.preempt("test preemption"))
     first = engine.run(fan_out, {"width": 10, "limit": 2, "pause_s": 0.1})
-    timer.join()
     assert first.status is RunStatus.PREEMPTED
     engine.token.clear()
     stop_after.clear()
@@ -130,6 +129,10 @@ def test_a_preempted_fan_out_resumes_only_unfinished_branches(engine: Engine) ->
         assert executions[key] == 1  # a finished branch never runs again
     # Every branch ran once, plus once more for each branch the preemption cut short.
     assert sum(executions.values()) == 10 + len(interrupted)
+
+
+def _asleep(engine: Engine, run_id: Any) -> bool:
+    return any(e.event_type == "TimerStarted" for e in engine.history(run_id))
 
 
 def _resumed_at(engine: Engine, run_id: Any) -> int:
@@ -166,11 +169,10 @@ def test_a_changed_fan_out_is_a_divergence_and_parks_the_run(engine: Engine) -> 
 
 def test_durable_sleep_keeps_its_deadline_across_a_preemption(engine: Engine) -> None:
     run_id = engine.start(napper, {"seconds": 0.6})
-    timer = threading.Timer(0.2, engine.preempt, args=("nap interrupted",))
-    timer.start()
+    waker = call_when(lambda: _asleep(engine, run_id), lambda: engine.preempt("nap interrupted"))
     t0 = time.monotonic()
     first = engine.resume(run_id)
-    timer.join()
+    waker.join()
     assert first.status is RunStatus.PREEMPTED
     assert engine.status(run_id).current_step == "sleep#0"
     engine.token.clear()
@@ -185,10 +187,9 @@ def test_durable_sleep_keeps_its_deadline_across_a_preemption(engine: Engine) ->
 
 def test_a_sleep_replaced_by_a_step_is_a_divergence(engine: Engine) -> None:
     run_id = engine.start(napper, {"seconds": 30})
-    timer = threading.Timer(0.2, engine.preempt, args=("before waking",))
-    timer.start()
+    waker = call_when(lambda: _asleep(engine, run_id), lambda: engine.preempt("before waking"))
     assert engine.resume(run_id).status is RunStatus.PREEMPTED
-    timer.join()
+    waker.join()
     engine.token.clear()
     assert list(engine.store.load(run_id).steps) == ["sleep#0"]
     engine.register(_napper_v2)

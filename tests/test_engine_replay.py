@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from decimal import Decimal
+from uuid import UUID
 
 import pytest
+from pydantic import BaseModel
 
 from engine import (
     Engine,
     NonDeterminismError,
     RunStatus,
+    gather,
     step,
     step_context,
     workflow,
 )
+
+
+class Money(BaseModel):
+    amount: Decimal
+    currency: str
 
 
 def test_completed_steps_are_never_run_again(engine: Engine) -> None:
@@ -184,6 +193,52 @@ def test_step_values_are_the_recorded_ones_on_first_run_and_replay(engine: Engin
 
     # Tuples are recorded as JSON arrays: the workflow sees a list both times.
     assert engine.run(flow, {}).output == ["2026-01-02", "list"]
+
+
+def test_typed_step_values_keep_their_types_after_a_preemption_and_replay(
+    engine: Engine,
+) -> None:
+    """Outputs come back as their annotated types from the log, in steps and in a fan-out."""
+    @step
+    def day() -> dt.date:
+        return dt.date(2026, 1, 2)
+
+    @step
+    def moment() -> dt.datetime:
+        return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+    @step
+    def price() -> Money:
+        return Money(amount=Decimal("12.50"), currency="EUR")
+
+    @step
+    def ident(n: int) -> UUID:
+        return UUID(int=n)
+
+    @step
+    def last() -> int:
+        if step_context().attempt == 1:
+            engine.preempt("stop before the last step ends")
+            step_context().checkpoint(None)
+        return 1
+
+    passes: list[list[type]] = []
+
+    @workflow("typed-resume")
+    def flow() -> str:
+        values = [day(), moment(), price(), *gather([ident.bind(n) for n in (1, 2)])]
+        passes.append([type(v) for v in values])
+        last()
+        return values[2].amount.to_eng_string() if isinstance(values[2], Money) else "?"
+
+    first = engine.run(flow, {})
+    assert first.status is RunStatus.PREEMPTED
+    engine.token.clear()
+    second = engine.resume(first.run_id)
+    assert second.status is RunStatus.COMPLETED
+    assert second.output == "12.50"
+    expected = [dt.date, dt.datetime, Money, UUID, UUID]
+    assert passes == [expected, expected]  # the second pass replayed every value from the log
 
 
 def test_throttled_checkpoints_still_save_the_latest_before_preemption(store_url: str) -> None:

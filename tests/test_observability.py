@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 
 from engine import Engine, RetryPolicy, RunStatus, step, step_context, workflow
+from support import child_env
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.01, backoff=1.0, jitter=0.0)
 calls: Counter[str] = Counter()
@@ -84,7 +83,7 @@ def test_logs_join_the_event_history_record_by_record(
 
 
 def test_json_log_lines_from_the_cli_carry_the_run_fields(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    env = child_env()
     out = subprocess.run(
         [sys.executable, "-m", "stepstone", "-vv", "run", "cliwf:summing", "--input",
          '{"a": 2}', "--db", f"sqlite:///{tmp_path / 's.db'}", "--log-format", "json"],
@@ -105,7 +104,7 @@ def test_text_log_lines_name_their_run_and_log_each_failure_once(tmp_path: Path)
     about, and a failed attempt or run must be one line, not one from the event and another
     from the driver."""
     tests = Path(__file__).parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests / "api")]))
+    env = child_env(tests, tests / "api")
     url = f"sqlite:///{tmp_path / 's.db'}"
     lines: list[str] = []
     for target, data in (("apiwf:retrying", '{"name": "t"}'), ("apiwf:failing", '{"row": 3}')):
@@ -183,7 +182,7 @@ def test_without_opentelemetry_nothing_is_imported(tmp_path: Path) -> None:
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')]\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    env = child_env()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
@@ -204,6 +203,7 @@ def test_worker_metrics_match_the_event_log(store_url: str, tmp_path: Path) -> N
     import socket
 
     import workerwf
+    from support import wait_until
     from workers.harness import FAST_LEASE, engine_for, ledger_url, wait_all, workers
 
     with socket.socket() as s:
@@ -217,8 +217,15 @@ def test_worker_metrics_match_the_event_log(store_url: str, tmp_path: Path) -> N
                                                        "unit_ms": 5}))
         with workers(store_url, tmp_path, 1, *FAST_LEASE, "--metrics-port", str(port)) as (w,):
             wait_all(engine, ids, 60)
-            time.sleep(0.2)
-            scraped = _scrape(port)
+            # The counters move after each save: wait until the last run's end is counted.
+            scraped: dict[str, float] = {}
+
+            def counted() -> bool:
+                scraped.update(_scrape(port))
+                return (scraped.get("stepstone_runs_finished_total") == len(ids)
+                        and scraped.get("stepstone_runs_in_flight") == 0)
+
+            wait_until(counted, "the metrics to count every finished run")
             assert w.stop() == 0
         events = Counter(e.event_type for r in ids for e in engine.history(r))
     assert scraped["stepstone_steps_started_total"] == events["StepStarted"]

@@ -209,7 +209,7 @@ def test_a_database_stopped_and_started_again_mid_run_loses_nothing() -> None:
             while not engine.runs() or engine.runs()[0].steps_completed < 10:
                 assert time.monotonic() < deadline, "the run did not start"
                 time.sleep(0.1)
-        cluster.stop()
+        cluster.halt()
         time.sleep(3)  # an outage shorter than the retry budget and the lease
         cluster.start()
         _, err = proc.communicate(timeout=180)

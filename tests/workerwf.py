@@ -1,6 +1,6 @@
 """Workflows for the many-workers tests, imported by `stepstone worker --import workerwf`.
 
-Effects go to a ledger (see `crashwf.Ledger`) named by the `db` input: `worker_effects` is keyed
+Effects go to a ledger (see `support.Ledger`) named by the `db` input: `worker_effects` is keyed
 by `step_context().operation_id` and written with ON CONFLICT DO NOTHING (the effect, exactly
 once), `worker_attempts` gets a plain row at every execution (at-least-once, to see reruns).
 Outputs depend only on the inputs, so every run's output is known without running it.
@@ -9,12 +9,13 @@ Outputs depend only on the inputs, so every run's output is known without runnin
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
-from crashwf import Ledger
 from crashwf import chain as link
 from engine import RetryPolicy, gather, sleep, step, step_context, workflow
+from support import Ledger
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS worker_effects (operation_id TEXT PRIMARY KEY, tag TEXT NOT NULL,"
@@ -29,7 +30,7 @@ def ledger(db: str) -> Ledger:
     """One ledger connection per thread: a worker drives several runs at once."""
     cache: dict[str, Ledger] = _local.__dict__.setdefault("ledgers", {})
     old = cache.get(db)
-    if old is not None and old.is_postgres and (old._pg.closed or old._pg.broken):
+    if old is not None and old.broken:
         del cache[db]  # the server restarted: the step's retry gets a new connection
     if db not in cache:
         led = cache[db] = Ledger(db)
@@ -157,3 +158,24 @@ def branch(db: str, tag: str, idx: int, pause_ms: int) -> int:
 def fan(db: str, tag: str, width: int = 6, limit: int = 3, pause_ms: int = 200) -> int:
     squares = gather([branch.bind(db, tag, i, pause_ms) for i in range(width)], limit=limit)
     return sum(squares) + noted(db, tag, 1000)
+
+
+@step
+def doomed(db: str, tag: str, kills: int) -> int:
+    """Records its execution, then SIGKILLs its own process on its first `kills` executions."""
+    ctx = step_context()
+    led = ledger(db)
+    led.execute(
+        "INSERT INTO worker_attempts (operation_id, tag, pid, at) VALUES (?, ?, ?, ?)",
+        (ctx.operation_id, tag, os.getpid(), time.time()),
+    )
+    n = int(led.scalar("SELECT count(*) FROM worker_attempts WHERE operation_id = ?",
+                       (ctx.operation_id,)))
+    if n <= kills:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+
+@workflow("crash_looper", queue="doom")
+def crash_looper(db: str, tag: str, kills: int) -> int:
+    return doomed(db, tag, kills)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 from engine.errors import EngineError, LeaseLostError
@@ -22,8 +23,10 @@ log = get_logger("stepstone.worker")
 
 class LeaseKeeper:
     def __init__(
-        self, leases: LeaseStore, owner: str, *, lease_s: float, interval_s: float
+        self, leases: LeaseStore, owner: str, *, lease_s: float, interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` measures local validity (monotonic seconds); tests pass one they move."""
         if interval_s >= lease_s:
             raise ValueError(
                 f"the heartbeat interval ({interval_s}s) must be shorter than the lease "
@@ -34,6 +37,7 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.interval_s = interval_s
         self.margin_s = min(lease_s * 0.2, 5.0)
+        self.clock = clock
         self._valid_until: dict[UUID, float] = {}
         self._lost: dict[UUID, str] = {}
         self._lock = threading.Lock()
@@ -54,7 +58,7 @@ class LeaseKeeper:
 
     def hold(self, run_id: UUID, *, since: float | None = None) -> None:
         """Track a lease just taken (`since`: the monotonic time before it was taken)."""
-        start = time.monotonic() if since is None else since
+        start = self.clock() if since is None else since
         with self._lock:
             self._valid_until[run_id] = start + self.lease_s - self.margin_s
             self._lost.pop(run_id, None)
@@ -75,7 +79,7 @@ class LeaseKeeper:
             valid_until = self._valid_until.get(run_id, 0.0)
         if lost is not None:
             raise LeaseLostError(run_id, lost)
-        if time.monotonic() > valid_until:
+        if self.clock() > valid_until:
             raise LeaseLostError(
                 run_id, f"not renewed for over {self.lease_s - self.margin_s:.0f}s (was this "
                 "process paused, or the database unreachable?)"
@@ -86,7 +90,7 @@ class LeaseKeeper:
         run_ids = self.held()
         if not run_ids:
             return
-        t0 = time.monotonic()
+        t0 = self.clock()
         kept = self.leases.heartbeat(self.owner, run_ids, self.lease_s)
         lost = []
         with self._lock:

@@ -360,9 +360,10 @@ class LeaseStore:
                 {"s": state, "at": available_at if available_at is not None else self.clock(),
                  "note": note, "id": str(run_id), "o": owner},
             )
-            if state == READY and available_at is None:
+            released = cur.rowcount == 1  # read before NOTIFY, which has a rowcount of its own
+            if released and state == READY and available_at is None:
                 self._notify(cur)
-            return bool(cur.rowcount == 1)
+            return released
 
         return self._call(do)
 

@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     )
     max_takeovers: int = Field(
         default=5, ge=1,
-        description="a run whose worker died this many times in a row is parked, not "
-        "claimed again (a step that kills its process would crash every worker in turn)",
+        description="a run is taken over from a dead worker at most this many times in a "
+        "row; at the next death it is parked, not claimed again (a step that kills its "
+        "process would crash every worker in turn)",
     )
     @model_validator(mode="after")
     def _heartbeat_shorter_than_lease(self) -> Self:

@@ -205,7 +205,7 @@ class Worker:
         if (claim.takeovers > engine.settings.max_takeovers
                 and not engine.store.load(run_id).status.is_terminal):
             note = (
-                f"parked: its worker died {claim.takeovers - 1} times in a row while driving "
+                f"parked: its worker died {claim.takeovers} times in a row while driving "
                 "it (a step that kills its process?). Fix the cause, then `stepstone resume "
                 f"{run_id}`"
             )

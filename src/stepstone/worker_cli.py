@@ -10,7 +10,13 @@ import sys
 import click
 from pydantic import ValidationError
 
-from engine import Engine, EngineError, Settings, signals_request_preemption
+from engine import (
+    Engine,
+    EngineError,
+    PreemptionToken,
+    Settings,
+    signals_request_preemption,
+)
 from engine.logcontext import get_logger
 from engine.worker import Worker
 from stepstone.common import (
@@ -66,6 +72,43 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
     """
     setup_logging(log_format, at_least=logging.INFO)
     limits = [_queue_limit(text) for text in queue_limits]
+
+    def notice(signame: str) -> None:
+        log.info("%s: draining (Ctrl-C again to force exit)", signame)
+
+    # The handler goes in before anything slow (imports, connecting): a SIGTERM that arrives
+    # while the worker starts up makes it exit 0 having claimed nothing, never die of it.
+    token = PreemptionToken()
+    try:
+        with signals_request_preemption(token, on_first=notice):
+            engine = _engine(database_url, imports, lease_s, heartbeat_s, poll_s, concurrency,
+                             token)
+            metrics = None
+            if metrics_port is not None:
+                try:
+                    from engine.metrics import WorkerMetrics
+                except ImportError as e:
+                    engine.close()
+                    missing(OPTION_EXTRAS["--metrics-port"], "--metrics-port", e)
+                metrics = WorkerMetrics()
+                try:
+                    metrics.serve(metrics_port, metrics_host)
+                except OSError as e:
+                    engine.close()
+                    fail(f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {e}")
+                log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
+            with engine:
+                Worker(engine, queues=queues or None, queue_limits=limits,
+                       metrics=metrics).run()
+    except KeyboardInterrupt:
+        click.echo("forced exit: every recorded event is safe; leases expire and other workers "
+                   "take the runs over", err=True)
+        sys.exit(EXIT_FORCED)
+
+
+def _engine(database_url: str | None, imports: tuple[str, ...], lease_s: float | None,
+            heartbeat_s: float | None, poll_s: float | None, concurrency: int | None,
+            token: PreemptionToken) -> Engine:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     overrides: dict[str, object] = {}
@@ -79,35 +122,10 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
         for module in imports:
             importlib.import_module(module)
         settings = Settings(**overrides)  # type: ignore[arg-type]
-        engine = Engine(settings.for_worker())
+        return Engine(settings.for_worker(), token=token)
     except ImportError as e:
         fail(f"--import: {e}")
     except ValidationError as e:
         fail(settings_error(e))
     except EngineError as e:
         fail(str(e))
-
-    def notice(signame: str) -> None:
-        log.info("%s: draining (Ctrl-C again to force exit)", signame)
-
-    metrics = None
-    if metrics_port is not None:
-        try:
-            from engine.metrics import WorkerMetrics
-        except ImportError as e:
-            engine.close()
-            missing(OPTION_EXTRAS["--metrics-port"], "--metrics-port", e)
-        metrics = WorkerMetrics()
-        try:
-            metrics.serve(metrics_port, metrics_host)
-        except OSError as e:
-            engine.close()
-            fail(f"--metrics-port {metrics_port}: cannot listen on {metrics_host}: {e}")
-        log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
-    try:
-        with engine, signals_request_preemption(engine.token, on_first=notice):
-            Worker(engine, queues=queues or None, queue_limits=limits, metrics=metrics).run()
-    except KeyboardInterrupt:
-        click.echo("forced exit: every recorded event is safe; leases expire and other workers "
-                   "take the runs over", err=True)
-        sys.exit(EXIT_FORCED)

@@ -11,9 +11,10 @@ import httpx
 import orjson
 import pytest
 from apiwf import counting
-from world import Server, wait_until
+from world import Server
 
 from engine import Engine, Settings
+from support import wait_until
 
 TOKEN = "serve-test-token-0123456789"
 

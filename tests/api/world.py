@@ -7,7 +7,6 @@ for good, a run preempted and resumed, one left preempted, and one whose worker 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from api import ApiOptions, create_app
 from conftest import require_postgres, scratch_schema
 from engine import Engine, HistoryEntry, RunInfo, RunStatus, Settings
 from projections import catch_up
+from support import child_env
 
 API_DIR = Path(__file__).parent
 
@@ -42,13 +42,6 @@ class World:
             for run in engine.runs():
                 self.infos[run.run_id] = run
                 self.histories[run.run_id] = engine.history(run.run_id)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(API_DIR), str(API_DIR.parent), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    return env
 
 
 def make_runs(url: str) -> World:
@@ -70,7 +63,7 @@ def make_runs(url: str) -> World:
         crash = engine.start(apiwf.crashing, {"marker": "m"})
     child = subprocess.run(
         [sys.executable, "-c", apiwf.CRASH_CODE, url, str(crash)],
-        env=child_env(), capture_output=True, timeout=60,
+        env=child_env(API_DIR), capture_output=True, timeout=60,
     )
     assert child.returncode == 9, child.stderr.decode()
     with Engine(Settings(database_url=url, worker_id="rescuer")) as engine:
@@ -121,7 +114,7 @@ class Server:
                  extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = child_env()
+        env = child_env(API_DIR)
         env.pop("STEPSTONE_API_TOKEN", None)
         if token is not None:
             env["STEPSTONE_API_TOKEN"] = token
@@ -170,13 +163,3 @@ class Server:
 
     def logs(self) -> str:
         return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 30) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)

@@ -6,7 +6,6 @@ and the same seed must give the same kill plan.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -18,14 +17,14 @@ import pytest
 
 from stepstone.chaos import ChaosReport, Kill, kill_plan
 from stepstone.chaos_cli import show
+from support import child_env
 
 KIT_DIR = Path(__file__).parent
 
 
 def stepstone(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI run as a user would, from a directory where the workflow module is not."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KIT_DIR), env.get("PYTHONPATH")]))
+    env = child_env(KIT_DIR)
     return subprocess.run([sys.executable, "-m", "stepstone", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=280, check=False)
 

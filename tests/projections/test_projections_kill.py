@@ -19,6 +19,7 @@ import pytest
 from projection_histories import open_store, random_runs, view_rows
 
 from projections import Projector
+from support import wait_until
 
 
 def _spawn(url: str, tmp_path: Path, n: int) -> subprocess.Popen[bytes]:
@@ -28,13 +29,6 @@ def _spawn(url: str, tmp_path: Path, n: int) -> subprocess.Popen[bytes]:
          "--batch-size", "40", "--poll-interval", "0.05"],
         stdout=log, stderr=log,
     )
-
-
-def _wait_for(predicate: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def _kill_during_catch_up(store_url: str, tmp_path: Path, kills: int, seed: int) -> None:
@@ -49,10 +43,9 @@ def _kill_during_catch_up(store_url: str, tmp_path: Path, kills: int, seed: int)
             before = min(watcher.positions().values())
             proc = _spawn(store_url, tmp_path, n)
             # Wait for the batches to move, then kill at a random moment after.
-            deadline = time.monotonic() + 60
-            while min(watcher.positions().values()) <= before and proc.poll() is None:
-                assert time.monotonic() < deadline, "the projector did not start"
-                time.sleep(0.005)
+            wait_until(lambda b=before, p=proc: min(watcher.positions().values()) > b
+                       or p.poll() is not None, "the projector to apply a batch",
+                       interval_s=0.005)
             time.sleep(rng.uniform(0.0, 0.06))
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
@@ -60,7 +53,8 @@ def _kill_during_catch_up(store_url: str, tmp_path: Path, kills: int, seed: int)
         assert landed == kills, "every kill must land before the catch-up ends"
 
         last = _spawn(store_url, tmp_path, kills)
-        _wait_for(lambda: set(watcher.positions().values()) == {head})
+        wait_until(lambda: set(watcher.positions().values()) == {head},
+                   "the views to reach the head", interval_s=0.005)
         last.send_signal(signal.SIGTERM)
         assert last.wait(timeout=30) == 0
         caught_up = view_rows(watcher)

@@ -31,6 +31,7 @@ from projection_histories import T0, RunSim, open_store, random_runs, view_rows
 
 from engine.store import RunStore
 from projections import Projector
+from support import wait_until
 
 LOCK_KEY = 424242
 
@@ -53,13 +54,6 @@ def _hold_inserts_of(url: str, run_id: uuid.UUID) -> None:
         )
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def _waiting(url: str, sql: str) -> Callable[[], bool]:
     def check() -> bool:
         with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
@@ -80,7 +74,7 @@ def follower(pg_schema: str) -> Iterator[tuple[Projector, list[int]]]:
         target=projector.run, args=(stop,), kwargs={"on_batch": seen.append}, daemon=True
     )
     thread.start()
-    _wait_for(lambda: bool(seen) and seen[-1] == store.head(), "the follower to catch up")
+    wait_until(lambda: bool(seen) and seen[-1] == store.head(), "the follower to catch up")
     store.close()
     yield projector, seen
     stop.set()
@@ -106,12 +100,12 @@ def test_engine_insert_path_keeps_commit_order(
         lock.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         a = threading.Thread(target=stores[0].save_run, args=(held.run,))
         a.start()
-        _wait_for(_waiting(pg_schema, "SELECT count(*) FROM pg_locks WHERE locktype = "
+        wait_until(_waiting(pg_schema, "SELECT count(*) FROM pg_locks WHERE locktype = "
                            f"'advisory' AND objid = {LOCK_KEY} AND NOT granted"), "A to hold")
         b = threading.Thread(target=stores[1].save_run, args=(free.run,))
         b.start()
         # The engine's path makes B wait for A's table lock instead of committing first.
-        _wait_for(_waiting(pg_schema, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON "
+        wait_until(_waiting(pg_schema, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON "
                            "c.oid = l.relation WHERE c.relname = 'stepstone_events' "
                            "AND NOT l.granted"), "B to wait for A")
         time.sleep(0.2)  # the follower has every chance to run ahead; it must not
@@ -121,7 +115,7 @@ def test_engine_insert_path_keeps_commit_order(
     a.join(timeout=30)
     b.join(timeout=30)
     final = stores[0].head()
-    _wait_for(lambda: seen[-1] == final, "the follower to apply both")
+    wait_until(lambda: seen[-1] == final, "the follower to apply both")
     ids = {str(n.originator_id): n.id for n in
            stores[0].recorder.select_notifications(head, 10, inclusive_of_start=False)}
     assert ids[str(held.run.id)] < ids[str(free.run.id)]
@@ -153,11 +147,11 @@ def test_without_the_lock_the_position_passes_an_uncommitted_lower_id(
         lock.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         a = threading.Thread(target=insert, args=(held,))
         a.start()
-        _wait_for(_waiting(pg_schema, "SELECT count(*) FROM pg_locks WHERE locktype = "
+        wait_until(_waiting(pg_schema, "SELECT count(*) FROM pg_locks WHERE locktype = "
                            f"'advisory' AND objid = {LOCK_KEY} AND NOT granted"), "A to hold")
         insert(free)  # not held up by A: commits with the higher id
         passed = store.head()
-        _wait_for(lambda: seen[-1] == passed, "the follower to pass the held id")
+        wait_until(lambda: seen[-1] == passed, "the follower to pass the held id")
         lock.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     a.join(timeout=30)
     ids = {str(n.originator_id): n.id for n in

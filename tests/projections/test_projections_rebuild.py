@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from projection_histories import open_store, random_runs, view_rows
+from view_oracle import actual_views
 
-from projections import Projector
+from audit import tamper
+from engine import Engine, step, workflow
+from projections import EventNotProjectableError, Projector
 
 
 class _Writer(threading.Thread):
@@ -144,3 +148,30 @@ def test_a_view_set_back_under_a_following_projector_is_replayed(store_url: str)
         p.rebuild()
         assert view_rows(p) == followed
     store.close()
+
+
+def test_a_failed_rebuild_leaves_the_live_views_as_they_were(engine: Engine) -> None:
+    @step
+    def one() -> int:
+        return 1
+
+    @workflow("rebuilt")
+    def flow() -> int:
+        return one()
+
+    runs = [engine.run(flow, {}).run_id for _ in range(3)]
+    store = engine.store
+    with Projector(store, batch_size=2) as projector:
+        projector.catch_up()
+        before = actual_views(projector)
+        position = projector.rebuild()
+        # Someone rewrites a stored event into a type this code does not know.
+        topic, state = tamper.read(engine, runs[1], 2)
+        tamper.write(engine, runs[1], 2, "engine.events:StepVanished", state)
+        with pytest.raises(EventNotProjectableError, match="StepVanished"):
+            projector.rebuild()
+        assert actual_views(projector) == before  # nothing swapped in
+        assert projector.status()[0].position == position
+        tamper.write(engine, runs[1], 2, topic, state)  # repaired: the next rebuild works
+        assert projector.rebuild() == position
+        assert actual_views(projector) == before

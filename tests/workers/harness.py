@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,24 +13,37 @@ from typing import Any
 from uuid import UUID
 
 from engine import Engine, RunStatus, Settings
+from support import child_env, wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 FAST_LEASE = ("--lease", "2", "--heartbeat", "0.4", "--poll", "0.1")
 
 
 class WorkerProcess:
-    def __init__(self, store_url: str, log_dir: Path, name: str, args: Sequence[str]) -> None:
+    """A `stepstone worker` process; `env` adds variables (settings such as
+    STEPSTONE_MAX_TAKEOVERS) to its environment."""
+
+    def __init__(self, store_url: str, log_dir: Path, name: str, args: Sequence[str],
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
-        env["STEPSTONE_WORKER_ID"] = name
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stepstone", "worker", "--db", store_url,
              "--import", "workerwf", *args],
-            cwd=TESTS_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=TESTS_DIR, env=child_env(STEPSTONE_WORKER_ID=name, **(env or {})),
+            stdout=self._log, stderr=subprocess.STDOUT,
         )
+
+    def wait_started(self, timeout_s: float = 60) -> None:
+        """Wait for the worker's "started" line (it then handles SIGTERM by draining)."""
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.proc.returncode} before "
+                                     f"it started:\n{self.log()}")
+            return f"worker {self.name} started" in self.log()
+
+        wait_until(up, f"worker {self.name} to start", timeout_s)
 
     def signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
@@ -58,6 +70,8 @@ def workers(store_url: str, log_dir: Path, count: int, *args: str,
             prefix: str = "w") -> Iterator[list[WorkerProcess]]:
     procs = [WorkerProcess(store_url, log_dir, f"{prefix}{i}", args) for i in range(count)]
     try:
+        for p in procs:
+            p.wait_started()
         yield procs
     finally:
         for p in procs:
@@ -71,16 +85,13 @@ def engine_for(store_url: str, **settings: Any) -> Engine:
 
 
 def wait_all(engine: Engine, run_ids: Sequence[UUID], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
     pending = list(run_ids)
-    while pending:
-        pending = [r for r in pending if not engine.status(r).status.is_terminal]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            states = {str(r): engine.status(r).status.value for r in pending[:5]}
-            raise AssertionError(f"{len(pending)} runs unfinished after {timeout_s}s: {states}")
-        time.sleep(0.2)
+
+    def finished() -> bool:
+        pending[:] = [r for r in pending if not engine.status(r).status.is_terminal]
+        return not pending
+
+    wait_until(finished, f"{len(pending)} runs to finish", timeout_s, interval_s=0.1)
 
 
 def ledger_url(store_url: str, tmp_path: Path) -> str:
