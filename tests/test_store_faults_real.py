@@ -6,7 +6,6 @@ output of a clean run, by going on in the same process or by running the same co
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -24,17 +23,16 @@ from conftest import require_postgres, scratch_schema
 from engine import Engine, RunStatus
 from engine.verify import verify
 from pgcluster import private_cluster
+from support import child_env, wait_until
 
 TESTS_DIR = Path(__file__).resolve().parent
 
 
 def stepstone(*args: str, env: dict[str, str] | None = None,
               timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    child = dict(os.environ)
-    child["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child.get("PYTHONPATH", "")])
-    child.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stepstone", *args], cwd=TESTS_DIR, env=child,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "stepstone", *args], cwd=TESTS_DIR,
+                          env=child_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def check_run(url: str, key_or_id: Any, expected: object) -> None:
@@ -167,9 +165,7 @@ def test_killed_connections_under_a_worker_leave_no_hole(tmp_path: Path) -> None
 
             ids = [engine.start(faultwf.slow_chain, {"n": 40, "pause_ms": 40}, key=f"w{i}")
                    for i in range(2)]
-        child = dict(os.environ)
-        child["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child.get("PYTHONPATH", "")])
-        child["PGAPPNAME"] = app
+        child = child_env(PGAPPNAME=app)
         log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
         worker = subprocess.Popen(
             [sys.executable, "-m", "stepstone", "worker", "--db", url, "--import", "faultwf",
@@ -180,10 +176,8 @@ def test_killed_connections_under_a_worker_leave_no_hole(tmp_path: Path) -> None
                 time.sleep(8)  # the faults go on for a while, whatever the runs do meanwhile
             assert killed[0] >= 3
             with Engine.from_url(url) as engine:
-                deadline = time.monotonic() + 120
-                while not all(engine.status(r).status.is_terminal for r in ids):
-                    assert time.monotonic() < deadline, "the worker did not finish the runs"
-                    time.sleep(0.2)
+                wait_until(lambda: all(engine.status(r).status.is_terminal for r in ids),
+                           "the worker finishing the runs", timeout_s=120)
         finally:
             worker.terminate()
             code = worker.wait(timeout=60)
@@ -199,16 +193,12 @@ def test_a_database_stopped_and_started_again_mid_run_loses_nothing() -> None:
     with private_cluster() as cluster:
         args = ["run", "faultwf:slow_chain", "--input", '{"n": 80, "pause_ms": 40}',
                 "--key", "outage", "--db", cluster.url]
-        child = dict(os.environ)
-        child["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child.get("PYTHONPATH", "")])
         proc = subprocess.Popen([sys.executable, "-m", "stepstone", *args], cwd=TESTS_DIR,
-                                env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         with Engine.from_url(cluster.url) as engine:
-            deadline = time.monotonic() + 60
-            while not engine.runs() or engine.runs()[0].steps_completed < 10:
-                assert time.monotonic() < deadline, "the run did not start"
-                time.sleep(0.1)
+            wait_until(lambda: bool(engine.runs()) and engine.runs()[0].steps_completed >= 10,
+                       "ten steps done")
         cluster.halt()
         time.sleep(3)  # an outage shorter than the retry budget and the lease
         cluster.start()
@@ -226,19 +216,15 @@ def test_a_run_whose_lease_was_taken_over_exits_75_and_writes_nothing_more(
     import signal
 
     with scratch_schema() as url:
-        child = dict(os.environ)
-        child["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), child.get("PYTHONPATH", "")])
-        child.update(STEPSTONE_LEASE_DURATION_S="2", STEPSTONE_HEARTBEAT_INTERVAL_S="0.4")
+        child = child_env(STEPSTONE_LEASE_DURATION_S="2", STEPSTONE_HEARTBEAT_INTERVAL_S="0.4")
         proc = subprocess.Popen(
             [sys.executable, "-m", "stepstone", "run", "faultwf:slow_chain", "--input",
              '{"n": 120, "pause_ms": 40}', "--key", "paused", "--db", url],
             cwd=TESTS_DIR, env={**child, "STEPSTONE_WORKER_ID": "paused-run"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with Engine.from_url(url) as engine:
-            deadline = time.monotonic() + 60
-            while not engine.runs() or engine.runs()[0].steps_completed < 5:
-                assert time.monotonic() < deadline, "the run did not start"
-                time.sleep(0.05)
+            wait_until(lambda: bool(engine.runs()) and engine.runs()[0].steps_completed >= 5,
+                       "five steps done")
             run_id = engine.runs()[0].run_id
             proc.send_signal(signal.SIGSTOP)  # paused: its lease lapses
             log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
@@ -248,12 +234,10 @@ def test_a_run_whose_lease_was_taken_over_exits_75_and_writes_nothing_more(
                 cwd=TESTS_DIR, env={**child, "STEPSTONE_WORKER_ID": "takeover"}, stdout=log,
                 stderr=subprocess.STDOUT)
             try:
-                deadline = time.monotonic() + 30
-                while not any(e.event_type == "RunResumed" and
-                              e.fields.get("reason") == "lease_expired"
-                              for e in engine.history(run_id)):
-                    assert time.monotonic() < deadline, "the worker did not take the run over"
-                    time.sleep(0.1)
+                wait_until(lambda: any(e.event_type == "RunResumed" and
+                                       e.fields.get("reason") == "lease_expired"
+                                       for e in engine.history(run_id)),
+                           "the worker taking the run over")
                 taken_at = len(engine.history(run_id))
             finally:
                 proc.send_signal(signal.SIGCONT)
@@ -266,10 +250,8 @@ def test_a_run_whose_lease_was_taken_over_exits_75_and_writes_nothing_more(
             after = engine.history(run_id)[taken_at:]
             # The paused process wrote nothing after the takeover.
             assert [e for e in after if e.worker_id == "paused-run"] == []
-            deadline = time.monotonic() + 120
-            while not engine.status(run_id).status.is_terminal:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_until(lambda: engine.status(run_id).status.is_terminal, "the run's end",
+                       timeout_s=120)
         worker.terminate()
         worker.wait(timeout=60)
         log.close()
