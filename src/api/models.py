@@ -15,7 +15,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.status import RunStatus
+from engine.status import RunStatus, StepStatus
 
 __all__ = ["RunStatus"]  # the routes' status parameter takes the engine's enum from here
 
@@ -184,3 +184,27 @@ class Readiness(_Model):
 
 class ErrorBody(_Model):
     detail: str
+
+
+class StatusInfo(_Model):
+    """One run status of the engine."""
+
+    name: RunStatus
+    terminal: bool = Field(description="nothing follows the event that ends a run in it")
+
+
+class EventInfo(_Model):
+    """One event type of the engine's log."""
+
+    name: str = Field(description="the event_type of /runs/{run_id}/events")
+    status_after: RunStatus | None = Field(
+        description="the status a run takes on this event; null: it keeps its status"
+    )
+
+
+class Vocabulary(_Model):
+    """The names the answers of this API use, in the engine's order."""
+
+    run_statuses: list[StatusInfo]
+    step_statuses: list[StepStatus]
+    events: list[EventInfo]
