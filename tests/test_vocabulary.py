@@ -20,8 +20,7 @@ from prometheus_client.core import Metric
 from api.app import DASHBOARD, create_app
 from api.deps import ApiOptions
 from api.metrics import ViewsCollector
-from api.models import RunStatus as ApiRunStatus
-from api.models import WorkflowStats
+from api.models import Run, WorkflowStats
 from engine import Settings
 from engine import events as ev
 from engine.metrics import WorkerMetrics
@@ -112,7 +111,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def test_the_api_status_enum_is_the_engines(client: TestClient) -> None:
-    assert ApiRunStatus is RunStatus
+    assert Run.model_fields["status"].annotation is RunStatus
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["RunStatus"]["enum"] == STATUS_NAMES
     assert [f for f in WorkflowStats.model_fields if f in STATUS_NAMES] == STATUS_NAMES

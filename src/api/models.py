@@ -15,9 +15,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The engine's enums, not copies, so the OpenAPI document's enums are the engine's.
 from engine.status import RunStatus, StepStatus
-
-__all__ = ["RunStatus"]  # the routes' status parameter takes the engine's enum from here
 
 
 class StepOutcome(StrEnum):
