@@ -20,7 +20,14 @@ from prometheus_client.core import Metric
 from api.app import DASHBOARD, create_app
 from api.deps import ApiOptions
 from api.metrics import ViewsCollector
-from api.models import Run, WorkflowStats
+from api.models import Hotspot, Run, StepAttempt, WorkflowStats
+from api.queries import (
+    ATTEMPT_COLUMNS,
+    HOTSPOT_COLUMNS,
+    RUN_COLUMNS,
+    STATS_COLUMNS,
+    run_fields,
+)
 from engine import Settings
 from engine import events as ev
 from engine.metrics import WorkerMetrics
@@ -101,6 +108,21 @@ def test_an_ignored_event_leaves_the_view_as_it_was(
 
 
 # -- the API's models and metrics ---------------------------------------------------------------
+def test_the_api_reads_view_columns_by_name() -> None:
+    """Each model is made from the columns of its name in the view's exported spec; a run's
+    row zips with every field of `Run`, in its order."""
+    assert set(RUN_COLUMNS) <= set(VIEW_TABLES["runs"].column_names)
+    assert set(Run.model_fields) - set(RUN_COLUMNS) == {"steps_expected", "progress",
+                                                        "last_error"}
+    row = [None] * (len(Run.model_fields) + 5)
+    assert list(run_fields(row)) == list(Run.model_fields)
+    for model, view, columns in ((StepAttempt, "step_attempts", ATTEMPT_COLUMNS),
+                                 (WorkflowStats, "workflow_stats", STATS_COLUMNS)):
+        assert columns == tuple(model.model_fields)
+        assert set(columns) <= set(VIEW_TABLES[view].column_names)
+    assert set(HOTSPOT_COLUMNS) | {"interruptions"} == set(Hotspot.model_fields)
+
+
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     """An app with a token: nothing connects until a route reads runs, which these do not."""

@@ -387,5 +387,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("more").addEventListener("click", () => loadRuns(false));
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
-  loadVocabulary().then(route, (e) => setLive(false, "vocabulary: " + e.message));
+  // The statuses first (the list and its filter are built from them); without them the runs
+  // still show, with no status filter.
+  loadVocabulary().catch((e) => setLive(false, "vocabulary: " + e.message)).then(route);
 });
