@@ -37,7 +37,7 @@ import psycopg
 from engine.aggregate import WorkflowRun
 from engine.export import rows
 from engine.store import RunStore
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 from engine.verify import verify
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

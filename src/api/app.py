@@ -22,7 +22,7 @@ from api.queries import Reads
 from api.readonly_store import open_read_only
 from api.security import SecurityHeadersMiddleware
 from engine.settings import Settings
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 
 DASHBOARD = Path(str(files("api") / "dashboard"))
 

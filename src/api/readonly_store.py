@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from engine.store_url import StoreLocation
+from engine.storage import StoreLocation
 
 Row = tuple[Any, ...]
 

@@ -42,9 +42,9 @@ from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.settings import Settings
 from engine.status import RunStatus
+from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.store_faults import StoreFaults
-from engine.store_url import parse_store_url
 
 log = get_logger("stepstone.engine")
 

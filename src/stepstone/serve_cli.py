@@ -19,7 +19,7 @@ import sys
 import click
 
 from engine import EngineError, Settings
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 from stepstone.common import fail
 from stepstone.extras import COMMAND_EXTRAS, missing
 

@@ -53,7 +53,7 @@ def fingerprint(world: World) -> tuple[int, str]:
     """Row count and checksum of the log and of every view table."""
     from api.queries import Reads
     from api.readonly_store import open_read_only
-    from engine.store_url import parse_store_url
+    from engine.storage import parse_store_url
 
     store = open_read_only(parse_store_url(world.url))
     try:

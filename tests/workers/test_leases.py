@@ -18,7 +18,7 @@ from conftest import POSTGRES_URL
 from engine import LeaseLostError, StoreUnavailableError
 from engine.heartbeat import LeaseKeeper
 from engine.leases import DEFAULT_QUEUE, LeaseStore
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 
 LEASE = 10.0
 
