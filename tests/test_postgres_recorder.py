@@ -21,9 +21,9 @@ from psycopg import sql
 
 from engine import Engine, RunConflictError, Settings, step, workflow
 from engine import events as ev
+from engine.storage import parse_store_url
 from engine.storage.postgres_recorder import OrderedPostgresRecorder
 from engine.store import RunStore
-from engine.storage import parse_store_url
 
 pytestmark = pytest.mark.postgres
 
