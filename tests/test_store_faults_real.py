@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require_postgres, scratch_schema
 from engine import Engine, RunStatus
-from engine.verify import verify
+from engine.audit.verify import verify
 from pgcluster import private_cluster
 from support import child_env, wait_until
 

@@ -14,6 +14,7 @@ from uuid import UUID
 import orjson
 
 from engine.aggregate import WorkflowRun
+from engine.audit.parking import park
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
@@ -33,11 +34,8 @@ from engine.errors import (
 )
 from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
-from engine.heartbeat import LeaseKeeper
-from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 from engine.logcontext import get_logger
 from engine.observe import log_events
-from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.settings import Settings
@@ -45,6 +43,8 @@ from engine.status import RunStatus
 from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.store_faults import StoreFaults
+from engine.workers.heartbeat import LeaseKeeper
+from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 
 log = get_logger("stepstone.engine")
 

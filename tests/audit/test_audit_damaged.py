@@ -23,7 +23,7 @@ from tamper import (
 from test_audit_replay_check import runs_row
 
 from engine import DamagedLogError, Engine, RunStatus, Settings, UnknownEventError, step, workflow
-from engine.verify import verify
+from engine.audit.verify import verify
 from projections import Projector
 from stepstone.cli import main
 

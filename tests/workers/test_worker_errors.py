@@ -12,7 +12,7 @@ from pathlib import Path
 import workerwf
 from conftest import POSTGRES_URL
 from engine import Engine, RunStatus, step, step_context, workflow
-from engine.worker import Worker
+from engine.workers.worker import Worker
 from netfault import Relay
 from support import Ledger, wait_until
 from workers.harness import (

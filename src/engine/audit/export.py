@@ -7,7 +7,7 @@ Each line is one object (docs/audit.md is the reference):
 
 `event` is the payload exactly as the store holds it, not as this release would decode it:
 its `class_version`, `prev_hash` and `hash` included, so the hash chain can be checked from
-an export alone (`engine.verify`) and a later release reads it through its upcasters.
+an export alone (`engine.audit.verify`) and a later release reads it through its upcasters.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from engine.audit.parking import park_crash_loop
 from engine.driver import utc_now
 from engine.engine import Engine
 from engine.errors import (
@@ -30,14 +31,13 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.events import ResumeReason
-from engine.leases import PARKED, READY, Claim, queue_scope
 from engine.logcontext import bound, get_logger
-from engine.parking import park_crash_loop
 from engine.results import RunResult
 from engine.storage import listen
+from engine.workers.leases import PARKED, READY, Claim, queue_scope
 
 if TYPE_CHECKING:  # prometheus-client is the optional `metrics` extra
-    from engine.metrics import WorkerMetrics
+    from engine.workers.metrics import WorkerMetrics
 
 log = get_logger("stepstone.worker")
 
