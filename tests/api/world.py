@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import ApiOptions, create_app
+from api.settings import ApiSettings
 from conftest import require_postgres, scratch_schema
 from engine import Engine, HistoryEntry, RunInfo, RunStatus, Settings
 from projections import catch_up
@@ -87,9 +88,10 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def client_for(url: str, token: str | None = None, **options: Any) -> TestClient:
-    settings = Settings(database_url=url, api_token=token)
+    settings = Settings(database_url=url)
     options.setdefault("allowed_hosts", ("testserver", "localhost", "127.0.0.1"))
-    return TestClient(create_app(settings, ApiOptions(**options)))
+    api = ApiSettings(api_token=token)
+    return TestClient(create_app(settings, ApiOptions(**options), api=api))
 
 
 @pytest.fixture(scope="session")
