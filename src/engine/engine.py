@@ -305,7 +305,14 @@ class Engine:
     ) -> RunResult:
         """One drive from a fresh load; a store fault propagates with the lease still held."""
         owner = self.settings.worker_id
-        run = self.store.load(run_id)
+        try:
+            run = self.store.load(run_id)
+        except (DamagedLogError, UnknownEventError) as e:
+            # No worker can drive it until the log is repaired or this release upgraded:
+            # parked in the index (the log itself cannot take an event), not claimed again
+            # every lease period. `stepstone resume` asks for it by name and tries again.
+            self._release(run_id, state=PARKED, note=str(e))
+            raise
         loaded(run.version)
         if run.status.is_terminal:
             self._release(run_id, state=DONE)
