@@ -1,7 +1,7 @@
 """Soak tests for many workers: kill -9 chaos, and a database restart under load (slow).
 
 The ledger records every execution of every step (`worker_attempts`, with the pid that ran it)
-as well as its keyed effect, so duplicates are counted, not swallowed: a step may run again
+as well as its keyed effect, so repeated executions are counted, not swallowed: a step may run again
 only when the process that ran it before was killed (the at-least-once window).
 """
 
