@@ -42,7 +42,7 @@ from engine.settings import Settings
 from engine.status import RunStatus
 from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_faults import StoreFaults
+from engine.store_faults import ErrorBackoff, StoreFaults
 from engine.workers.heartbeat import LeaseKeeper
 from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 
@@ -94,6 +94,7 @@ class Engine:
         self._leases: LeaseStore | None = None
         self._keeper: LeaseKeeper | None = None
         self.group_commit = GroupCommit(self.store)
+        self._error_backoff = ErrorBackoff()
         self.observers: list[Observer] = [log_events]
         """Told about every save's events: logs by default; a worker adds its metrics."""
 
@@ -346,9 +347,18 @@ class Engine:
             raise parked from e
         except StoreUnavailableError:
             raise  # the caller retries from the log, or hands the run back
-        except BaseException:
+        except (RunConflictError, LeaseLostError):
             self._release(run_id, state=READY)  # only if still ours: due again at once
             raise
+        except Exception as e:
+            # An error the code must fix (an output that cannot be recorded...): handed back
+            # with a growing delay, so workers retry it without spinning on it.
+            self._release(run_id, state=READY, at=self._error_backoff.due(run_id), note=str(e))
+            raise
+        except BaseException:
+            self._release(run_id, state=READY)
+            raise
+        self._error_backoff.clear(run_id)
         if result.status.is_terminal:
             self._release(run_id, state=DONE)
         else:

@@ -126,6 +126,13 @@ def test_a_worker_survives_an_engine_error_and_the_run_completes_once_the_code_i
         thread.start()
         try:
             wait_until(lambda: worker.stats.errors >= 1, "the worker to hit the error")
+            # Handed back with a delay (1 s, then 2 s...), not claimed again at once: over
+            # 2.5 s the broken step ran a few times, not hundreds (it did before the backoff).
+            time.sleep(2.5)  # the window measured, not a wait for something
+            assert ran["unrecordable"] <= 3, ran
+            place = engine.placement(run_id)
+            assert place is not None
+            assert "cannot be recorded" in (place.note or "")
             # Nothing about the output was written: the step has no completion in the log.
             kinds = [h.event_type for h in engine.history(run_id)]
             assert "StepCompleted" not in kinds
