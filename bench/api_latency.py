@@ -36,8 +36,8 @@ import httpx
 import psycopg
 
 from engine.aggregate import WorkflowRun
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
 from projections import Projector
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -39,8 +39,8 @@ import psycopg
 
 from engine import events as ev
 from engine.aggregate import WorkflowRun
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
 from projections import VIEWS, Projector
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

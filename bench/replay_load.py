@@ -10,7 +10,7 @@ times, best of `--repeat`, on the same store:
 - load middle: `RunStore.load(run, version=N/2)` (time travel), with snapshots and without;
 - load worst: the version just before a snapshot, after the widest gap between two (the most
   events a resume can have to replay after its snapshot);
-- verify: `engine.verify.verify(store, run)`: reading the rows and re-hashing every event.
+- verify: `engine.audit.verify.verify(store, run)`: reading the rows and re-hashing every event.
 
 SQLite in a temp dir; PostgreSQL in a scratch schema, dropped at the end.
 
@@ -35,10 +35,10 @@ import orjson
 import psycopg
 
 from engine.aggregate import WorkflowRun
-from engine.export import rows
+from engine.audit.export import rows
+from engine.audit.verify import verify
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
-from engine.verify import verify
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -39,7 +39,7 @@ from eventsourcing.domain import Aggregate, event
 from psycopg import sql
 
 from engine import Engine, Settings, step, workflow
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}

@@ -21,9 +21,10 @@ from psycopg import sql
 
 from engine import Engine, RunConflictError, Settings, step, workflow
 from engine import events as ev
-from engine.postgres_recorder import OrderedPostgresRecorder
+from engine.storage import parse_store_url
+from engine.storage.postgres_recorder import OrderedPostgresRecorder
 from engine.store import RunStore
-from engine.store_url import parse_store_url
+from support import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -186,11 +187,11 @@ def test_ids_are_committed_in_order_under_concurrency(pg_schema: str, store: Run
     second = _Insert(recorder)
     try:
         second.start()
-        deadline = time.monotonic() + 10
-        while not _waiting_on_lock(pg_schema, schema, table):
+        def queued() -> bool:
             assert second.is_alive(), "the second save finished while the first held its ids"
-            assert time.monotonic() < deadline, "the second save never queued on the lock"
-            time.sleep(0.02)
+            return _waiting_on_lock(pg_schema, schema, table)
+
+        wait_until(queued, "the second save to queue on the lock", 10)
         time.sleep(0.3)
         assert second.is_alive()
         # It is waiting before taking an id, and readers are not blocked meanwhile.

@@ -28,7 +28,7 @@ from engine import (
     step_context,
     workflow,
 )
-from engine.verify import verify
+from engine.audit.verify import verify
 
 
 class SaveFaults:

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import require_postgres, scratch_schema
 from engine import Engine, RunStatus
-from engine.verify import verify
+from engine.audit.verify import verify
 from pgcluster import private_cluster
 from support import child_env, wait_until
 
@@ -196,13 +196,18 @@ def test_a_database_stopped_and_started_again_mid_run_loses_nothing() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "stepstone", *args], cwd=TESTS_DIR,
                                 env=child_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        with Engine.from_url(cluster.url) as engine:
-            wait_until(lambda: bool(engine.runs()) and engine.runs()[0].steps_completed >= 10,
-                       "ten steps done")
-        cluster.halt()
-        time.sleep(3)  # an outage shorter than the retry budget and the lease
-        cluster.start()
-        _, err = proc.communicate(timeout=180)
+        try:
+            with Engine.from_url(cluster.url) as engine:
+                wait_until(lambda: bool(engine.runs()) and
+                           engine.runs()[0].steps_completed >= 10, "ten steps done")
+            cluster.halt()
+            time.sleep(3)  # an outage shorter than the retry budget and the lease
+            cluster.start()
+            _, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         assert "Traceback" not in err, err
         assert proc.returncode == 0, err
         check_run(cluster.url, "outage", sum(i * 2 for i in range(80)))
@@ -234,25 +239,29 @@ def test_a_run_whose_lease_was_taken_over_exits_75_and_writes_nothing_more(
                 cwd=TESTS_DIR, env={**child, "STEPSTONE_WORKER_ID": "takeover"}, stdout=log,
                 stderr=subprocess.STDOUT)
             try:
-                wait_until(lambda: any(e.event_type == "RunResumed" and
-                                       e.fields.get("reason") == "lease_expired"
-                                       for e in engine.history(run_id)),
-                           "the worker taking the run over")
-                taken_at = len(engine.history(run_id))
+                try:
+                    wait_until(lambda: any(e.event_type == "RunResumed" and
+                                           e.fields.get("reason") == "lease_expired"
+                                           for e in engine.history(run_id)),
+                               "the worker taking the run over")
+                    taken_at = len(engine.history(run_id))
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+                _, err = proc.communicate(timeout=60)
+                assert proc.returncode == 75, err
+                assert "no longer holds the run's lease" in err
+                assert "progress saved; run the same command again" in err
+                assert "Another worker" not in err
+                assert "Traceback" not in err
+                after = engine.history(run_id)[taken_at:]
+                # The paused process wrote nothing after the takeover.
+                assert [e for e in after if e.worker_id == "paused-run"] == []
+                wait_until(lambda: engine.status(run_id).status.is_terminal, "the run's end",
+                           timeout_s=120)
             finally:
-                proc.send_signal(signal.SIGCONT)
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 75, err
-            assert "no longer holds the run's lease" in err
-            assert "progress saved; run the same command again" in err
-            assert "Another worker" not in err
-            assert "Traceback" not in err
-            after = engine.history(run_id)[taken_at:]
-            # The paused process wrote nothing after the takeover.
-            assert [e for e in after if e.worker_id == "paused-run"] == []
-            wait_until(lambda: engine.status(run_id).status.is_terminal, "the run's end",
-                       timeout_s=120)
-        worker.terminate()
-        worker.wait(timeout=60)
-        log.close()
+                for child_proc in (proc, worker):
+                    if child_proc.poll() is None:
+                        child_proc.kill()
+                    child_proc.wait(timeout=60)
+                log.close()
         check_run(url, "paused", sum(i * 2 for i in range(120)))

@@ -28,12 +28,13 @@ from api.queries import (
     STATS_COLUMNS,
     run_fields,
 )
+from api.settings import ApiSettings
 from engine import Settings
 from engine import events as ev
-from engine.metrics import WorkerMetrics
 from engine.status import STATUS_AFTER, TERMINAL, RunStatus
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
+from engine.workers.metrics import WorkerMetrics
 from projections import VIEW_TABLES, Projector
 from projections.catalog import VIEW_CLASSES
 from projections.stats import STATUSES
@@ -126,9 +127,10 @@ def test_the_api_reads_view_columns_by_name() -> None:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     """An app with a token: nothing connects until a route reads runs, which these do not."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}",
-                        api_token="vocabulary-token-0123456789")
-    with TestClient(create_app(settings, ApiOptions(allowed_hosts=("testserver",)))) as c:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}"),
+                     ApiOptions(allowed_hosts=("testserver",)),
+                     api=ApiSettings(api_token="vocabulary-token-0123456789"))
+    with TestClient(app) as c:
         yield c
 
 

@@ -21,20 +21,24 @@ from api.metrics import LatencyMiddleware, new_registry
 from api.queries import Reads
 from api.readonly_store import open_read_only
 from api.security import SecurityHeadersMiddleware
+from api.settings import ApiSettings
 from engine.settings import Settings
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 
 DASHBOARD = Path(str(files("api") / "dashboard"))
 
 
-def create_app(settings: Settings, options: ApiOptions | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, options: ApiOptions | None = None, *, api: ApiSettings | None = None
+) -> FastAPI:
     """A read-only API over the views and the log named by `settings.database_url`.
 
-    Nothing connects until the first request, so the app starts (and `/healthz` answers)
-    while the database is still coming up. Raises `ApiConfigError` for a blank token.
+    `api` holds the HTTP settings (the token); without it they are read from the
+    environment. Nothing connects until the first request, so the app starts (and `/healthz`
+    answers) while the database is still coming up. Raises `ApiConfigError` for a blank token.
     """
     options = options or ApiOptions()
-    token = checked_token(settings.api_token)
+    token = checked_token((api or ApiSettings()).api_token)
     location = parse_store_url(
         settings.database_url, connect_timeout_s=settings.connect_timeout_s
     )

@@ -29,9 +29,9 @@ from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.events import RunEvent
 from engine.results import HistoryEntry
 from engine.status import RunStatus
+from engine.storage import LogReader, StoredRow
 from engine.store import RunStore
 from projections import DEFAULT_PREFIX, VIEW_TABLES, VIEWS, Table
-from projections.sql import PG_TRACKING_TABLE
 
 
 def columns_of(spec: Table, names: Sequence[str]) -> tuple[str, ...]:
@@ -92,15 +92,9 @@ class Reads:
         self.runs, self.attempts, self.stats, self.hotspots = (
             q(f"{DEFAULT_PREFIX}_{spec.name}") for spec in (RUNS, ATTEMPTS, STATS, HOTSPOTS)
         )
-        # The library names the log's table after the application on PostgreSQL only.
-        if store.is_sqlite:
-            self.tracking, self.events, self.pos = '"tracking"', '"stored_events"', "rowid"
-            self.uuid, self.ts = "?", "?"
-        else:
-            self.tracking = q(PG_TRACKING_TABLE)
-            self.events = q(f"{RunStore.name.lower()}_events")
-            self.pos = "notification_id"
-            self.uuid, self.ts = "?::uuid", "?::timestamptz"
+        self.log = LogReader(store.fetch, store.dialect)
+        self.tracking = store.dialect.view_tracking_table
+        self.uuid, self.ts = ("?", "?") if store.is_sqlite else ("?::uuid", "?::timestamptz")
         self.tracking_keys = {v: f"{DEFAULT_PREFIX}_{v}/{RunStore.name}" for v in VIEWS}
         self._expected: dict[tuple[str, int], tuple[float, int | None]] = {}
 
@@ -118,8 +112,7 @@ class Reads:
 
     # -- positions -------------------------------------------------------------------------
     def head(self) -> int:
-        rows = self.store.fetch(f"SELECT max({self.pos}) FROM {self.events}")
-        return int(rows[0][0] or 0)
+        return self.log.head()
 
     def positions(self) -> dict[str, int]:
         """Each view's tracking position (0 if it never ran)."""
@@ -247,13 +240,7 @@ class Reads:
     def events_of(self, run_id: UUID, *, limit: int, cursor: str | None) -> m.EventPage | None:
         """The run's events from the log in order; None if the log has no such run."""
         after_version = int(_decode_cursor(cursor, 1)[0]) if cursor is not None else 0
-        key: Any = run_id.hex if self.store.is_sqlite else str(run_id)
-        rows = self.store.fetch(
-            f"SELECT {self.pos}, originator_version, topic, state FROM {self.events} "
-            f"WHERE originator_id = {self.uuid} AND originator_version > ? "
-            "ORDER BY originator_version LIMIT ?",
-            [key, after_version, limit + 1],
-        )
+        rows = self.log.run_events(run_id, after_version=after_version, limit=limit + 1)
         if not rows and cursor is None:
             return None
         items = [self._event(run_id, row) for row in rows[:limit]]
@@ -265,10 +252,10 @@ class Reads:
             more=len(rows) > limit,
         )
 
-    def _event(self, run_id: UUID, row: Row) -> m.Event:
-        position, version, topic, state = row
+    def _event(self, run_id: UUID, row: StoredRow) -> m.Event:
+        position, _, version, topic, state = row
         stored = StoredEvent(
-            originator_id=run_id, originator_version=version, topic=topic, state=bytes(state)
+            originator_id=run_id, originator_version=version, topic=topic, state=state
         )
         event: RunEvent = self.mapper.to_domain_event(stored)
         entry = HistoryEntry.of(int(position), event)

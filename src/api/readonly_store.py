@@ -13,13 +13,17 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from engine.store_url import StoreLocation
+from engine.storage import (
+    Dialect,
+    StoreLocation,
+    connect_sqlite_read_only,
+    postgres_kwargs,
+)
 
 Row = tuple[Any, ...]
 
@@ -37,14 +41,15 @@ class ReadOnlyStore(ABC):
     """Runs read queries written with `?` placeholders on either backend."""
 
     is_sqlite: bool
+    dialect: Dialect
+
+    def qualify(self, table: str) -> str:
+        """The table's name as SQL, in the store's schema on PostgreSQL."""
+        return self.dialect.qualify(table)
 
     @abstractmethod
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """The rows of one read query."""
-
-    @abstractmethod
-    def qualify(self, table: str) -> str:
-        """The table's name as SQL, in the store's schema on PostgreSQL."""
 
     @abstractmethod
     def close(self) -> None:
@@ -55,8 +60,8 @@ class SQLiteReadOnlyStore(ReadOnlyStore):
     is_sqlite = True
 
     def __init__(self, location: StoreLocation, *, timeout_s: float) -> None:
-        assert location.sqlite_path is not None
-        self.uri = f"file:{quote(str(location.sqlite_path.absolute()))}?mode=ro"
+        self.location = location
+        self.dialect = Dialect.of(location)
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -65,14 +70,7 @@ class SQLiteReadOnlyStore(ReadOnlyStore):
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.uri, uri=True, timeout=self.timeout_s, check_same_thread=False
-            )
-            # Belt and braces: mode=ro already refuses writes at the file level.
-            conn.execute("PRAGMA query_only = ON")
-            # Read through a shared memory map of the file rather than into each
-            # connection's private page cache: every thread sees the pages any has read.
-            conn.execute("PRAGMA mmap_size = 1073741824")
+            conn = connect_sqlite_read_only(self.location, timeout_s=self.timeout_s)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -87,9 +85,6 @@ class SQLiteReadOnlyStore(ReadOnlyStore):
         except sqlite3.Error as e:
             raise StoreReadError(str(e)) from e
 
-    def qualify(self, table: str) -> str:
-        return f'"{table}"'
-
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -101,22 +96,13 @@ class PostgresReadOnlyStore(ReadOnlyStore):
     is_sqlite = False
 
     def __init__(self, location: StoreLocation, *, timeout_s: float, pool_size: int) -> None:
-        env = location.env
-        self.schema = env.get("POSTGRES_SCHEMA") or "public"
-        statement_ms = int(timeout_s * 1000)
+        self.dialect = Dialect.of(location)
         self.timeout_s = timeout_s
         self.pool = ConnectionPool(
             kwargs={
-                "dbname": env["POSTGRES_DBNAME"],
-                "host": env["POSTGRES_HOST"],
-                "port": env["POSTGRES_PORT"],
-                "user": env["POSTGRES_USER"],
-                "password": env["POSTGRES_PASSWORD"],
-                "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
-                "options": "-c default_transaction_read_only=on "
-                f"-c statement_timeout={statement_ms}",
+                **postgres_kwargs(location, "api", read_only=True,
+                                  statement_timeout_s=timeout_s),
                 "autocommit": True,
-                "application_name": "stepstone-api",
             },
             min_size=1,
             max_size=pool_size,
@@ -131,15 +117,12 @@ class PostgresReadOnlyStore(ReadOnlyStore):
         try:
             with self.pool.connection(timeout=self.timeout_s) as conn:
                 cur = conn.cursor(row_factory=tuple_row)
-                cur.execute(sql.replace("?", "%s"), tuple(params), prepare=True)
+                cur.execute(self.dialect.qmarks(sql), tuple(params), prepare=True)
                 return cur.fetchall()
         except psycopg.errors.UndefinedTable as e:
             raise StoreReadError(_one_line(e), missing_table=True) from e
         except (psycopg.Error, PoolTimeout) as e:
             raise StoreReadError(_one_line(e)) from e
-
-    def qualify(self, table: str) -> str:
-        return f'"{self.schema}"."{table}"'
 
     def close(self) -> None:
         self.pool.close()

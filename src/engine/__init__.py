@@ -6,6 +6,8 @@ The public surface is below; everything else is private to the package.
 """
 
 from engine.aggregate import WorkflowRun
+from engine.audit.patching import patched
+from engine.audit.replay_check import CheckResult, check_history
 from engine.context import StepContext, step_context
 from engine.definitions import Step, StepCall, Workflow, step, workflow
 from engine.durable import gather, sleep
@@ -31,9 +33,7 @@ from engine.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
-from engine.patching import patched
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
-from engine.replay_check import CheckResult, check_history
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings

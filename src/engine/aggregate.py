@@ -16,7 +16,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict
 
 from engine import events as ev
-from engine.chain import SEAL
+from engine.audit.chain import SEAL
 from engine.errors import EngineError
 from engine.status import STATUS_AFTER, RunStatus, StepStatus
 

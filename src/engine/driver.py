@@ -69,7 +69,7 @@ class RunDriver:
     of blocking, so a worker can hand the run back until it is due; a local drive blocks.
 
     Its step-execution interface, for fan-out (`engine.fanout`) and the deploy check
-    (`engine.replay_check`): `next_position(name)` gives the next call's key and recorded
+    (`engine.audit.replay_check`): `next_position(name)` gives the next call's key and recorded
     state, checked against the history; `execute(...)` runs attempts of one step until it
     completes or fails for good; `record(command, ...)` calls a `WorkflowRun` command as this
     writer; `save()` commits what is pending; `wait_until(due)` waits (or suspends) for a due

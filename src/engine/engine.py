@@ -14,6 +14,7 @@ from uuid import UUID
 import orjson
 
 from engine.aggregate import WorkflowRun
+from engine.audit.parking import park
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
@@ -33,18 +34,17 @@ from engine.errors import (
 )
 from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
-from engine.heartbeat import LeaseKeeper
-from engine.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 from engine.logcontext import get_logger
 from engine.observe import log_events
-from engine.parking import park
 from engine.preemption import PreemptionToken
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.settings import Settings
 from engine.status import RunStatus
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_faults import StoreFaults
-from engine.store_url import parse_store_url
+from engine.store_faults import ErrorBackoff, StoreFaults
+from engine.workers.heartbeat import LeaseKeeper
+from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 
 log = get_logger("stepstone.engine")
 
@@ -94,6 +94,7 @@ class Engine:
         self._leases: LeaseStore | None = None
         self._keeper: LeaseKeeper | None = None
         self.group_commit = GroupCommit(self.store)
+        self._error_backoff = ErrorBackoff()
         self.observers: list[Observer] = [log_events]
         """Told about every save's events: logs by default; a worker adds its metrics."""
 
@@ -305,7 +306,14 @@ class Engine:
     ) -> RunResult:
         """One drive from a fresh load; a store fault propagates with the lease still held."""
         owner = self.settings.worker_id
-        run = self.store.load(run_id)
+        try:
+            run = self.store.load(run_id)
+        except (DamagedLogError, UnknownEventError) as e:
+            # No worker can drive it until the log is repaired or this release upgraded:
+            # parked in the index (the log itself cannot take an event), not claimed again
+            # every lease period. `stepstone resume` asks for it by name and tries again.
+            self._release(run_id, state=PARKED, note=str(e))
+            raise
         loaded(run.version)
         if run.status.is_terminal:
             self._release(run_id, state=DONE)
@@ -339,9 +347,18 @@ class Engine:
             raise parked from e
         except StoreUnavailableError:
             raise  # the caller retries from the log, or hands the run back
-        except BaseException:
+        except (RunConflictError, LeaseLostError):
             self._release(run_id, state=READY)  # only if still ours: due again at once
             raise
+        except Exception as e:
+            # An error the code must fix (an output that cannot be recorded...): handed back
+            # with a growing delay, so workers retry it without spinning on it.
+            self._release(run_id, state=READY, at=self._error_backoff.due(run_id), note=str(e))
+            raise
+        except BaseException:
+            self._release(run_id, state=READY)
+            raise
+        self._error_backoff.clear(run_id)
         if result.status.is_terminal:
             self._release(run_id, state=DONE)
         else:

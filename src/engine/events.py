@@ -17,7 +17,7 @@ import orjson
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict
 
-from engine.chain import SEAL, event_digest
+from engine.audit.chain import SEAL, event_digest
 
 if TYPE_CHECKING:
     from engine.aggregate import WorkflowRun

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_worker_id() -> str:
@@ -83,21 +83,3 @@ class Settings(BaseSettings):
         connection pool, plus one connection for claims and reads."""
         pool = max(self.postgres_pool_size, self.worker_concurrency + 1)
         return self.model_copy(update={"postgres_pool_size": pool})
-
-    api_token: SecretStr | None = Field(
-        default=None,
-        description="bearer token the HTTP API requires on every route but /healthz "
-        "(unset: no token)",
-    )
-    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Host names the HTTP API answers to besides the ones it is bound to "
-        "(comma-separated in the environment; * turns the DNS-rebinding check off)",
-    )
-
-    @field_validator("api_allowed_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [h.strip() for h in value.split(",") if h.strip()]
-        return value

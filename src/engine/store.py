@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, cast
 from uuid import UUID
 
@@ -22,7 +21,10 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment, EnvType, get_topic, retry
+from psycopg.rows import tuple_row
 
 from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
@@ -36,7 +38,7 @@ from engine.errors import (
 )
 from engine.events import RunEvent, RunStarted
 from engine.logcontext import get_logger
-from engine.store_url import StoreLocation
+from engine.storage import Dialect, LogReader, StoreLocation, schema_lock
 
 log = get_logger("stepstone.engine")
 
@@ -50,6 +52,9 @@ class RunStore(Application[UUID]):
     def __init__(self, location: StoreLocation, *, snapshot_interval: int = 200) -> None:
         self.location = location
         self.snapshot_interval = snapshot_interval
+        self.dialect = Dialect.of(location)
+        self.reader = LogReader(self._fetch, self.dialect)
+        """The log's read port on this store's connections."""
         env = dict(location.env)
         env["MAPPER_TOPIC"] = get_topic(PydanticMapper)
         env["TRANSCODER_TOPIC"] = get_topic(OrjsonTranscoder)
@@ -57,7 +62,7 @@ class RunStore(Application[UUID]):
             env["IS_SNAPSHOTTING_ENABLED"] = "y"
         try:
             if location.kind == "postgres":
-                with _schema_lock(location):
+                with schema_lock(location):
                     super().__init__(env=env)
             else:
                 super().__init__(env=env)
@@ -186,19 +191,17 @@ class RunStore(Application[UUID]):
 
     def events_with_positions(self, run_id: UUID) -> list[tuple[int, RunEvent]]:
         """The run's events in order, each with its global position in the log."""
-        rows = _select_with_positions(self, run_id)
-        if not rows:
-            raise RunNotFoundError(run_id)
         out = []
-        for position, version, topic, state in rows:
-            stored = StoredEvent(
-                originator_id=run_id, originator_version=version, topic=topic, state=bytes(state)
-            )
+        for row in self.reader.iter_run(run_id):
+            stored = StoredEvent(originator_id=run_id, originator_version=row.version,
+                                 topic=row.topic, state=row.state)
             try:
                 event = self.mapper.to_domain_event(stored)
             except DamagedLogError as e:
-                raise DamagedLogError(run_id, version, position, e.what) from e
-            out.append((position, cast(RunEvent, event)))
+                raise DamagedLogError(run_id, row.version, row.position, e.what) from e
+            out.append((row.position, cast(RunEvent, event)))
+        if not out:
+            raise RunNotFoundError(run_id)
         return out
 
     def started(self, batch: int = 1000) -> Iterator[RunStarted]:
@@ -222,27 +225,16 @@ class RunStore(Application[UUID]):
             start = notes[-1].id
 
     def head(self) -> int:
-        return self.recorder.max_notification_id() or 0
+        return self.reader.head()
 
 
     def snapshotted_runs(self) -> list[UUID]:
         """The runs that have at least one snapshot (for `verify`, which checks them)."""
         if self.snapshots is None:
             return []
-        recorder: Any = self.snapshots.recorder
-        if self.location.kind == "sqlite":
-            sql = f"SELECT DISTINCT originator_id FROM {recorder.events_table_name}"
-            with recorder.datastore.transaction(commit=False) as c:
-                c.execute(sql)
-                return [UUID(row[0]) for row in c.fetchall()]
-        from psycopg.sql import SQL, Identifier
-
-        query = SQL("SELECT DISTINCT originator_id FROM {}.{}").format(
-            Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
-        )
-        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(query)
-            return [row["originator_id"] for row in curs.fetchall()]
+        rows = self._fetch(f"SELECT DISTINCT originator_id FROM {self.dialect.snapshots_table}",
+                           ())
+        return [r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows]
 
     def snapshot_rows(self, run_id: UUID) -> Iterator[StoredEvent]:
         """A run's stored snapshots, oldest first, undecoded (so a bad one can be named)."""
@@ -267,10 +259,27 @@ class RunStore(Application[UUID]):
     def position_of(self, run_id: UUID, version: int) -> int | None:
         """The log position of the run's first event at or after `version` (for messages)."""
         try:
-            rows = _select_with_positions(self, run_id, from_version=version, limit=1)
+            return self.reader.position_of(run_id, version)
         except _STORE_ERRORS:
             return None
-        return int(rows[0][0]) if rows else None
+
+    @property
+    def datastore(self) -> SQLiteDatastore | PostgresDatastore:
+        """The library's datastore under this store: the views keep their tracking records
+        in it, so a batch's rows and its position commit in one transaction."""
+        return cast(Any, self).factory.datastore  # type: ignore[no-any-return]
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _fetch(self, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """One read on the event store's own connections (the `LogReader`'s `fetch`)."""
+        datastore = self.datastore
+        if isinstance(datastore, SQLiteDatastore):
+            with datastore.transaction(commit=False) as c:
+                c.execute(sql, tuple(params))
+                return [tuple(row) for row in c.fetchall()]
+        with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self.dialect.qmarks(sql), tuple(params))
+            return cur.fetchall()
 
 
 _LOAD_PAGE = 5000
@@ -289,62 +298,6 @@ def _apply(run_id: UUID, run: WorkflowRun | None, event: RunEvent) -> WorkflowRu
         return cast(WorkflowRun, event.mutate(run))
     except OriginatorVersionError as e:  # the check above makes this unreachable
         raise DamagedLogError(run_id, expected, None, str(e)) from e
-
-
-@retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-def _select_with_positions(
-    store: RunStore, run_id: UUID, *, from_version: int = 0, limit: int | None = None
-) -> Sequence[Sequence[Any]]:
-    recorder: Any = store.recorder
-    tail = f" LIMIT {int(limit)}" if limit is not None else ""
-    if store.location.kind == "sqlite":
-        sql = (
-            f"SELECT rowid, originator_version, topic, state FROM {recorder.events_table_name} "
-            "WHERE originator_id = ? AND originator_version >= ? ORDER BY originator_version"
-            + tail
-        )
-        with recorder.datastore.transaction(commit=False) as c:
-            c.execute(sql, (run_id.hex, from_version))
-            return [tuple(row) for row in c.fetchall()]
-    from psycopg.sql import SQL, Identifier
-
-    query = SQL(
-        "SELECT notification_id, originator_version, topic, state FROM {}.{} "
-        "WHERE originator_id = %s AND originator_version >= %s ORDER BY originator_version"
-        + tail
-    ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(query, (run_id, from_version))
-        return [tuple(row.values()) for row in curs.fetchall()]
-
-
-SCHEMA_LOCK_KEY = 0x5E5E_0002
-
-
-@contextmanager
-def _schema_lock(location: StoreLocation) -> Iterator[None]:
-    """Connect directly first, then hold an advisory lock while the tables are created.
-
-    Connecting directly gives the real cause of a failure (the pool would only say it timed
-    out). The lock serializes the library's CREATE TABLE / CREATE OR REPLACE FUNCTION between
-    processes starting together (a pool of workers), which PostgreSQL otherwise fails with
-    "tuple concurrently updated" or a duplicate catalog key.
-    """
-    env = location.env
-    with psycopg.connect(
-        dbname=env["POSTGRES_DBNAME"],
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        user=env["POSTGRES_USER"],
-        password=env["POSTGRES_PASSWORD"],
-        connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        autocommit=True,
-    ) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 def _reason(error: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""The retry budget of one drive for store faults (a failed or uncertain save).
+"""Waiting between tries: the retry budget of one drive for store faults (a failed or uncertain
+save), and the delay before a run whose drive hit an engine error is tried again.
 
 After such a save the driver writes nothing more from its copy of the run; the engine reloads
 the run from the log and drives it again, waiting between tries, for a bounded time.
@@ -6,6 +7,7 @@ the run from the log and drives it again, waiting between tries, for a bounded t
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -53,3 +55,26 @@ class StoreFaults:
     def due_again(self) -> datetime:
         """When a worker should try the run again: after one more backoff, never at once."""
         return utc_now() + timedelta(seconds=max(self.delay_s, 1.0))
+
+
+class ErrorBackoff:
+    """Per run, how long to wait before driving it again after an engine error in its code:
+    1 s, then doubling to 60 s while the error repeats; forgotten after a drive that ends
+    without one. Kept by each process: N workers try a broken run at most about N times per
+    delay, instead of claiming it again the moment it is handed back."""
+
+    FIRST_S, MAX_S = 1.0, 60.0
+
+    def __init__(self) -> None:
+        self._delays: dict[UUID, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, run_id: UUID) -> datetime:
+        with self._lock:
+            delay = min(max(self._delays.get(run_id, 0.0) * 2, self.FIRST_S), self.MAX_S)
+            self._delays[run_id] = delay
+        return utc_now() + timedelta(seconds=delay)
+
+    def clear(self, run_id: UUID) -> None:
+        with self._lock:
+            self._delays.pop(run_id, None)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from eventsourcing.persistence import Notification
 
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
 from projections.catalog import VIEW_CLASSES
 from projections.errors import EventNotProjectableError, UnknownViewError
 from projections.facts import Fact, decode

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from uuid import uuid4
 
+from engine.storage import TYPES
 from projections.errors import UnknownViewError, ViewSchemaError
 from projections.facts import decode
-from projections.sql import TYPES, Bound, Tx
+from projections.sql import Bound, Tx
 from projections.view import View
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ swapping a table in, never apply the same events twice.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -32,28 +31,11 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
+from engine.storage import SQLITE_VIEWS, VIEW_TRACKING_TABLE, view_lock_key
 from engine.store import RunStore
 from projections.errors import ViewStoreError
 
 Row = Sequence[Any]
-
-# logical type -> (SQLite type, PostgreSQL type)
-TYPES = {
-    "uuid": ("TEXT", "uuid"),
-    "text": ("TEXT", "text"),
-    "int": ("INTEGER", "bigint"),
-    "float": ("REAL", "double precision"),
-    "ts": ("TEXT", "timestamptz"),
-}
-PG_TRACKING_TABLE = "stepstone_view_tracking"
-_SQLITE_PRAGMAS = (
-    "PRAGMA synchronous = NORMAL",
-    # Checkpoints (copying the WAL into the file, with an fsync) every 1000 pages, the
-    # default, took a third of a rebuild's writes; every 10000 pages lets the WAL grow to
-    # about 40 MB instead.
-    "PRAGMA wal_autocheckpoint = 10000",
-)
-
 
 @dataclass(frozen=True)
 class Table:
@@ -174,17 +156,13 @@ class ViewDB:
                 env["SQLITE_DBNAME"], lock_timeout=int(env.get("SQLITE_LOCK_TIMEOUT") or 5)
             )
         else:
-            self.datastore = store.factory.datastore  # type: ignore[attr-defined]
-        datastore = self.datastore
+            self.datastore = store.datastore
+        self.dialect = store.dialect
+        self.schema = "" if self.is_sqlite else store.location.schema
         with self.translated():
             self.recorder = self.tracking_recorder()
             self.recorder.create_table()
-        if isinstance(datastore, PostgresDatastore):
-            self.schema = datastore.schema
-            self.tracking_table = self.q(PG_TRACKING_TABLE)
-        else:
-            self.schema = ""
-            self.tracking_table = "tracking"
+        self.tracking_table = self.dialect.view_tracking_table
 
     def close(self) -> None:
         if isinstance(self.datastore, SQLiteDatastore):
@@ -193,15 +171,16 @@ class ViewDB:
     def tracking_recorder(self) -> SQLiteTrackingRecorder | PostgresTrackingRecorder:
         """A tracking recorder over the shared tracking table (one per view)."""
         if isinstance(self.datastore, PostgresDatastore):
-            return PostgresTrackingRecorder(self.datastore, tracking_table_name=PG_TRACKING_TABLE)
+            return PostgresTrackingRecorder(self.datastore,
+                                            tracking_table_name=VIEW_TRACKING_TABLE)
         return SQLiteTrackingRecorder(self.datastore)
 
     # -- SQL text --------------------------------------------------------------------------
     def sql(self, text: str) -> str:
-        return text if self.is_sqlite else text.replace("?", "%s")
+        return self.dialect.qmarks(text)
 
     def q(self, name: str) -> str:
-        return f'"{name}"' if self.is_sqlite else f'"{self.schema}"."{name}"'
+        return self.dialect.qualify(name)
 
     def bind(self, spec: Table, name: str) -> Bound:
         return Bound(spec, name, self.q(name))
@@ -217,7 +196,7 @@ class ViewDB:
             values = f"VALUES ({', '.join('?' * len(cols))})"
         else:
             types = dict(table.spec.columns)
-            casts = ", ".join(f"%b::{TYPES[types[c]][1]}[]" for c in cols)
+            casts = ", ".join(f"%b::{self.dialect.column_type(types[c])}[]" for c in cols)
             values = f"SELECT * FROM unnest({casts})"
         return f"{head} {values} ON CONFLICT ({', '.join(key)}) {conflict}"
 
@@ -248,7 +227,7 @@ class ViewDB:
             if isinstance(self.datastore, SQLiteDatastore):
                 with self.datastore.get_connection(commit=True) as conn:
                     cursor = conn.cursor()
-                    for pragma in _SQLITE_PRAGMAS:
+                    for pragma in SQLITE_VIEWS:
                         cursor.execute(pragma)
                     cursor.execute("BEGIN IMMEDIATE")
                     try:
@@ -265,17 +244,13 @@ class ViewDB:
                 ):
                     pg_cursor = pg.cursor(row_factory=tuple_row)
                     pg_cursor.execute("SET LOCAL synchronous_commit = off")
-                    for lock in sorted({self._lock_key(name) for name in locks}):
+                    for lock in sorted({view_lock_key(self.schema, name) for name in locks}):
                         pg_cursor.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
 
                     def new_cursor(dict_rows: bool = False) -> Any:
                         return pg.cursor() if dict_rows else pg.cursor(row_factory=tuple_row)
 
                     yield Tx(self, pg_cursor, new_cursor)
-
-    def _lock_key(self, name: str) -> int:
-        digest = hashlib.blake2b(f"{self.schema}.{name}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
 
     def positions(self, keys: Sequence[str]) -> dict[str, int]:
         """The tracking positions of `keys` (0 for a key never tracked), without a lock."""

@@ -18,13 +18,13 @@ import orjson
 from tqdm import tqdm
 
 from engine import Engine, EngineError, Workflow, load_workflow
+from engine.audit.export import has_events, write_export
+from engine.audit.fork import fork_run
+from engine.audit.replay_check import CheckResult, check_run
+from engine.audit.time_travel import describe, state_at, version_at
+from engine.audit.verify import read_anchors
+from engine.audit.verify import verify as verify_log
 from engine.errors import RunNotFoundError, WorkflowNotFoundError
-from engine.export import has_events, write_export
-from engine.fork import fork_run
-from engine.replay_check import CheckResult, check_run
-from engine.time_travel import describe, state_at, version_at
-from engine.verify import read_anchors
-from engine.verify import verify as verify_log
 from stepstone import output
 from stepstone.common import EXIT_FAILED, fail, open_engine, parse_run_id, store_options
 

@@ -17,10 +17,11 @@ import subprocess
 import sys
 
 import click
+from pydantic import ValidationError
 
 from engine import EngineError, Settings
-from engine.store_url import parse_store_url
-from stepstone.common import fail
+from engine.storage import parse_store_url
+from stepstone.common import fail, settings_error
 from stepstone.extras import COMMAND_EXTRAS, missing
 
 
@@ -58,6 +59,7 @@ def serve(host: str, port: int, database_url: str | None, no_projector: bool,
 
         from api import ApiConfigError, ApiOptions, allowed_hosts, create_app
         from api.security import is_loopback
+        from api.settings import ApiSettings
         from stepstone.http_limits import with_header_timeout
     except ImportError as e:
         missing(COMMAND_EXTRAS["serve"], "`stepstone serve`", e)
@@ -68,15 +70,18 @@ def serve(host: str, port: int, database_url: str | None, no_projector: bool,
         if location.sqlite_path and not location.sqlite_path.exists():
             fail(f"cannot serve {location.display}: no such file {location.sqlite_path} "
                  "(nothing has run here yet; give --db the store your runs use)")
-        auth = settings.api_token is not None
+        api = ApiSettings()
+        auth = api.api_token is not None
         if not auth and not is_loopback(host) and not insecure_no_token:
             fail(f"refusing to listen on {host} without a token: anyone who can reach it "
                  "would read every run. Set STEPSTONE_API_TOKEN, or pass --insecure-no-token "
                  "if something else guards the port")
-        hosts = allowed_hosts(host, [*settings.api_allowed_hosts, *extra_hosts])
-        app = create_app(settings, ApiOptions(allowed_hosts=tuple(hosts)))
+        hosts = allowed_hosts(host, [*api.api_allowed_hosts, *extra_hosts])
+        app = create_app(settings, ApiOptions(allowed_hosts=tuple(hosts)), api=api)
     except (EngineError, ApiConfigError) as e:
         fail(str(e))
+    except ValidationError as e:
+        fail(settings_error(e))
     # Bind before anything is started or announced, so a port in use is one clear error.
     try:
         listener = _listen(host, port)

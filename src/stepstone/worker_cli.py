@@ -18,7 +18,7 @@ from engine import (
     signals_request_preemption,
 )
 from engine.logcontext import get_logger
-from engine.worker import Worker
+from engine.workers.worker import Worker
 from stepstone.common import (
     EXIT_FORCED,
     fail,
@@ -86,7 +86,7 @@ def worker(database_url: str | None, concurrency: int | None, queues: tuple[str,
             metrics = None
             if metrics_port is not None:
                 try:
-                    from engine.metrics import WorkerMetrics
+                    from engine.workers.metrics import WorkerMetrics
                 except ImportError as e:
                     engine.close()
                     missing(OPTION_EXTRAS["--metrics-port"], "--metrics-port", e)

@@ -12,6 +12,7 @@ from world import World, client, client_for, world  # noqa: F401  (shared fixtur
 
 from api import ApiConfigError, allowed_hosts, create_app
 from api.security import LOOPBACK_HOSTS
+from api.settings import ApiSettings
 from engine import Settings
 
 REBIND = "rebind.attacker.example:18085"
@@ -47,9 +48,9 @@ def test_the_hosts_answered_follow_the_bind_address() -> None:
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
 def test_a_blank_token_is_a_configuration_error(blank: str, tmp_path: object) -> None:
-    settings = Settings(database_url="sqlite:///nowhere.db", api_token=SecretStr(blank))
+    settings = Settings(database_url="sqlite:///nowhere.db")
     with pytest.raises(ApiConfigError, match="STEPSTONE_API_TOKEN is set but empty"):
-        create_app(settings)
+        create_app(settings, api=ApiSettings(api_token=SecretStr(blank)))
 
 
 def test_every_page_carries_the_security_headers(world: World, client: TestClient) -> None:

@@ -53,15 +53,15 @@ def fingerprint(world: World) -> tuple[int, str]:
     """Row count and checksum of the log and of every view table."""
     from api.queries import Reads
     from api.readonly_store import open_read_only
-    from engine.store_url import parse_store_url
+    from engine.storage import parse_store_url
 
     store = open_read_only(parse_store_url(world.url))
     try:
         reads = Reads(store)
         digest = hashlib.sha256()
         count = 0
-        tables = [reads.events, reads.runs, reads.attempts, reads.stats, reads.hotspots,
-                  reads.tracking]
+        tables = [store.dialect.events_table, reads.runs, reads.attempts, reads.stats,
+                  reads.hotspots, reads.tracking]
         for table in tables:
             rows = store.fetch(f"SELECT * FROM {table}")
             count += len(rows)
@@ -171,7 +171,7 @@ def test_the_api_connections_refuse_writes(world: World, client: TestClient) -> 
     reads = client.app.state.reads  # type: ignore[attr-defined]
     before = fingerprint(world)
     for sql in (
-        f"DELETE FROM {reads.events}",
+        f"DELETE FROM {reads.store.dialect.events_table}",
         f"UPDATE {reads.runs} SET status = 'completed'",
         "CREATE TABLE intruder (x int)",
     ):

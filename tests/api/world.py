@@ -20,10 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import ApiOptions, create_app
+from api.settings import ApiSettings
 from conftest import require_postgres, scratch_schema
 from engine import Engine, HistoryEntry, RunInfo, RunStatus, Settings
 from projections import catch_up
-from support import child_env
+from support import child_env, wait_until
 
 API_DIR = Path(__file__).parent
 
@@ -87,9 +88,10 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def client_for(url: str, token: str | None = None, **options: Any) -> TestClient:
-    settings = Settings(database_url=url, api_token=token)
+    settings = Settings(database_url=url)
     options.setdefault("allowed_hosts", ("testserver", "localhost", "127.0.0.1"))
-    return TestClient(create_app(settings, ApiOptions(**options)))
+    api = ApiSettings(api_token=token)
+    return TestClient(create_app(settings, ApiOptions(**options), api=api))
 
 
 @pytest.fixture(scope="session")
@@ -129,21 +131,18 @@ class Server:
         self.wait_until_up()
 
     def wait_until_up(self, timeout_s: float = 30) -> None:
-        import time
 
         import httpx
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"stepstone serve exited early:\n{self.logs()}")
             try:
-                if httpx.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    return
+                return httpx.get(self.base + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"stepstone serve did not answer in {timeout_s}s:\n{self.logs()}")
+                return False
+
+        wait_until(up, "stepstone serve to answer /healthz", timeout_s, interval_s=0.05)
 
     def children(self) -> list[int]:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")

@@ -7,6 +7,7 @@ database access could, on both stores.
 from __future__ import annotations
 
 import logging
+import time
 from uuid import UUID
 
 import orjson
@@ -23,7 +24,7 @@ from tamper import (
 from test_audit_replay_check import runs_row
 
 from engine import DamagedLogError, Engine, RunStatus, Settings, UnknownEventError, step, workflow
-from engine.verify import verify
+from engine.audit.verify import verify
 from projections import Projector
 from stepstone.cli import main
 
@@ -174,6 +175,17 @@ def test_a_run_with_a_hole_is_not_driven_further(store_url: str) -> None:
         delete(engine, a, 3)
         with pytest.raises(DamagedLogError):
             engine.resume(a)
-        assert engine.status  # the engine is still usable for other runs
+        # A worker that claims it (as one would a run whose hole came mid-flight)...
+        since = time.monotonic()
+        assert engine.leases.claim_run(a, engine.settings.worker_id, 30.0,
+                                       workflow="damaged-log", queue="default") is None
+        with pytest.raises(DamagedLogError):
+            engine.drive_claimed(a, since=since)
+        # ...parks it in the runnable index, so no worker claims it again and again.
+        place = engine.placement(a)
+        assert place is not None
+        assert place.state == "parked"
+        assert "stepstone verify" in (place.note or "")
+        assert engine.leases.claim("any-worker", None, 10, 30.0) == []
         other = engine.run(chain_of, {"n": 2}, key="c")
         assert other.status is RunStatus.COMPLETED

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from test_audit_fork import BROKEN, pipeline
 
 from engine import Engine
-from engine.export import Row, read_export
-from engine.replay_check import check_history
-from engine.verify import verify_rows
+from engine.audit.export import Row, read_export
+from engine.audit.replay_check import check_history
+from engine.audit.verify import verify_rows
 from stepstone.cli import main
 
 

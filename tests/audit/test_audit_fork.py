@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from test_audit_replay_check import runs_row
 
 from engine import Engine, NonRetryableError, RunStatus, step, workflow
-from engine.fork import ForkError, fork_run
-from engine.verify import verify
+from engine.audit.fork import ForkError, fork_run
+from engine.audit.verify import verify
 from projections import Projector
 from stepstone.cli import main
 

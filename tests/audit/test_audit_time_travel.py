@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine import Engine, RetryPolicy, Settings, step, step_context, workflow
-from engine.time_travel import NoSuchPointError, describe, state_at, version_at
+from engine.audit.time_travel import NoSuchPointError, describe, state_at, version_at
 from stepstone.cli import main
 
 flaky_calls = {"n": 0}

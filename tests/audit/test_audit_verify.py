@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tamper import delete, read, swap, write
 
 from engine import Engine, Settings, step, workflow
-from engine.verify import read_anchors, verify
+from engine.audit.verify import read_anchors, verify
 from stepstone.cli import main
 
 
@@ -93,7 +93,7 @@ def test_an_inserted_event_is_named(two_runs: tuple[Engine, UUID, UUID]) -> None
     # Forge a copy of event 3 as a new last event: a valid JSON payload, but not chained.
     last = engine.store.load(a).version
     topic, state = read(engine, a, 3)
-    from engine.export import import_records
+    from engine.audit.export import import_records
 
     import_records(engine.store, [{"run_id": str(a), "version": last + 1, "topic": topic,
                                    "event": orjson.loads(state), "position": 0}])

@@ -76,8 +76,8 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
 
 
 def audit_runs(engine: Engine, failed: Any) -> list[tuple[str, Any]]:
+    from engine.audit.fork import fork_run
     from engine.errors import NonDeterminismError
-    from engine.fork import fork_run
 
     out: list[tuple[str, Any]] = []
     out.append(("patched", engine.run(with_patch, {"n": 2}).run_id))

@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from engine import Engine, UnknownEventError, load_workflow
+from engine.audit.export import import_records, read_export, read_records
+from engine.audit.replay_check import check_run
+from engine.audit.verify import verify
 from engine.events import RunStarted
-from engine.export import import_records, read_export, read_records
-from engine.replay_check import check_run
-from engine.verify import verify
 
 GOLDEN = Path(__file__).parent
 RELEASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "log.jsonl").exists())

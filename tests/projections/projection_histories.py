@@ -18,8 +18,8 @@ from typing import Any
 from conftest import scratch_schema
 from engine import events as ev
 from engine.aggregate import WorkflowRun
+from engine.storage import parse_store_url
 from engine.store import RunStore
-from engine.store_url import parse_store_url
 from projections import Projector
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -15,6 +14,7 @@ from projection_histories import open_store, random_runs, view_rows
 
 from projections import Projector
 from stepstone.cli import main
+from support import wait_until
 
 
 def test_status_rebuild_and_their_errors(store_url: str) -> None:
@@ -70,11 +70,12 @@ def test_run_follows_the_log_and_stops_cleanly_on_sigterm(store_url: str, tmp_pa
             for seed in (33, 34):  # events before and while it runs
                 random_runs(store, 10, 10, seed=seed)
                 head = store.head()
-                deadline = time.monotonic() + 60
-                while set(watcher.positions().values()) != {head}:
+
+                def caught_up(h: int = head) -> bool:
                     assert proc.poll() is None, (tmp_path / "run.err").read_text()
-                    assert time.monotonic() < deadline
-                    time.sleep(0.02)
+                    return set(watcher.positions().values()) == {h}
+
+                wait_until(caught_up, "the projector to reach the head")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
             followed = view_rows(watcher)

@@ -12,6 +12,7 @@ from view_oracle import actual_views
 from audit import tamper
 from engine import Engine, step, workflow
 from projections import EventNotProjectableError, Projector
+from support import wait_until
 
 
 class _Writer(threading.Thread):
@@ -59,8 +60,7 @@ def test_rebuild_while_writing_swaps_in_every_event_up_to_the_head(store_url: st
         watcher = threading.Thread(target=reader, daemon=True)
         writer.start()
         watcher.start()
-        while writer.saves < 2:
-            time.sleep(0.01)
+        wait_until(lambda: writer.saves >= 2, "two saves by the writer")
         head_before = store.head()
         position = projector.rebuild()
         reading.set()
@@ -100,11 +100,12 @@ def test_rebuild_of_one_view_while_a_projector_follows_the_log(store_url: str) -
         p.rebuild("runs")
         writer.finish()
         head = store.head()
-        deadline = time.monotonic() + 60
-        while set(p.positions().values()) != {head}:
+
+        def caught_up() -> bool:
             assert not errors, errors
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+            return set(p.positions().values()) == {head}
+
+        wait_until(caught_up, "the follower to reach the head")
         stop.set()
         thread.join(timeout=30)
         assert not errors, errors
@@ -125,23 +126,19 @@ def test_a_view_set_back_under_a_following_projector_is_replayed(store_url: str)
         thread = threading.Thread(target=follower.run, args=(stop,),
                                   kwargs={"poll_interval_s": 0.02}, daemon=True)
         thread.start()
+        def at(head: int) -> bool:
+            assert thread.is_alive()
+            return set(p.positions().values()) == {head}
+
         for seed in (10, 11):
             head = store.head()
-            deadline = time.monotonic() + 60
-            while set(p.positions().values()) != {head}:
-                assert thread.is_alive()
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_until(lambda h=head: at(h), "the follower to reach the head")
             hotspots = next(v for v in p.views if v.name == "hotspots")
             with p.db.transaction([hotspots.lock_name]) as tx:
                 reset(tx, hotspots)  # as if a rebuild had swapped in an empty view
             random_runs(store, 10, 15, seed=seed)
         head = store.head()
-        deadline = time.monotonic() + 60
-        while set(p.positions().values()) != {head}:
-            assert thread.is_alive()
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: at(head), "the follower to replay the view set back")
         stop.set()
         thread.join(timeout=30)
         followed = view_rows(p)

@@ -12,6 +12,7 @@ from projection_histories import open_store, random_runs, view_rows
 from engine import Engine, NonRetryableError, RetryPolicy, RunStatus, step, step_context, workflow
 from engine.events import StepStarted
 from projections import EventNotProjectableError, Projector, ViewSchemaError, catch_up
+from support import call_when
 
 FAST = RetryPolicy(max_attempts=4, initial_interval_s=0.01, backoff=1.0, jitter=0.0)
 
@@ -250,7 +251,6 @@ def test_a_failed_batch_keeps_nothing_and_the_next_one_starts_over(
 
 
 def test_views_follow_sleeps_and_fan_outs(engine: Engine) -> None:
-    import threading
 
     from engine import gather, sleep
 
@@ -265,10 +265,11 @@ def test_views_follow_sleeps_and_fan_outs(engine: Engine) -> None:
         return first + sum(gather([part.bind(i) for i in range(4)], limit=2))
 
     waiting = engine.start(nap, {"seconds": 30})
-    timer = threading.Timer(0.3, engine.preempt, args=("stop while asleep",))
-    timer.start()
+    waker = call_when(lambda: any(h.event_type == "TimerStarted"
+                                  for h in engine.history(waiting)),
+                      lambda: engine.preempt("stop while asleep"))
     assert engine.resume(waiting).status is RunStatus.PREEMPTED
-    timer.join()
+    waker.join()
     engine.token.clear()
     done = engine.run(nap, {"seconds": 0.01}).run_id
     with Projector(engine.store) as projector:

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 
 from engine import Engine, Settings
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
 
 TESTS = Path(__file__).parent.parent
 

@@ -16,9 +16,9 @@ import pytest
 
 from conftest import POSTGRES_URL
 from engine import LeaseLostError, StoreUnavailableError
-from engine.heartbeat import LeaseKeeper
-from engine.leases import DEFAULT_QUEUE, LeaseStore
-from engine.store_url import parse_store_url
+from engine.storage import parse_store_url
+from engine.workers.heartbeat import LeaseKeeper
+from engine.workers.leases import DEFAULT_QUEUE, LeaseStore
 
 LEASE = 10.0
 

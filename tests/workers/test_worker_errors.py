@@ -12,7 +12,7 @@ from pathlib import Path
 import workerwf
 from conftest import POSTGRES_URL
 from engine import Engine, RunStatus, step, step_context, workflow
-from engine.worker import Worker
+from engine.workers.worker import Worker
 from netfault import Relay
 from support import Ledger, wait_until
 from workers.harness import (
@@ -98,6 +98,54 @@ def test_a_worker_parks_a_run_whose_code_no_longer_matches_its_history(
         assert (worker.stats.parked, worker.stats.completed, worker.stats.errors) == (1, 0, 0)
         assert ran == {"fetch": 1, "publish": 1}  # the diverged body ran no step
         assert "publish" in (engine.status(first.run_id).parked_reason or "")
+
+
+fixed = {"yet": False}
+
+
+@step
+def unrecordable() -> object:
+    ran["unrecordable"] += 1
+    return "fine" if fixed["yet"] else object()  # an object() cannot be recorded as JSON
+
+
+@workflow("unrecordable-output")
+def unrecordable_output() -> object:
+    return unrecordable()
+
+
+def test_a_worker_survives_an_engine_error_and_the_run_completes_once_the_code_is_fixed(
+    store_url: str,
+) -> None:
+    ran.clear()
+    fixed["yet"] = False
+    with engine_for(store_url, worker_poll_interval_s=0.05) as engine:
+        run_id = engine.start(unrecordable_output, {})
+        worker = Worker(engine, concurrency=1)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_until(lambda: worker.stats.errors >= 1, "the worker to hit the error")
+            # Handed back with a delay (1 s, then 2 s...), not claimed again at once: over
+            # 2.5 s the broken step ran a few times, not hundreds (it did before the backoff).
+            time.sleep(2.5)  # the window measured, not a wait for something
+            assert ran["unrecordable"] <= 3, ran
+            place = engine.placement(run_id)
+            assert place is not None
+            assert "cannot be recorded" in (place.note or "")
+            # Nothing about the output was written: the step has no completion in the log.
+            kinds = [h.event_type for h in engine.history(run_id)]
+            assert "StepCompleted" not in kinds
+            assert not engine.status(run_id).status.is_terminal
+            fixed["yet"] = True  # a deploy fixes the step
+            wait_until(lambda: engine.status(run_id).status is RunStatus.COMPLETED,
+                       "the run to complete")
+        finally:
+            engine.preempt("test done")
+            thread.join(30)
+        assert not thread.is_alive()
+        assert engine.result(run_id) == "fine"
+        assert worker.stats.completed == 1
 
 
 def test_a_worker_rides_out_a_store_outage_and_finishes_its_runs(

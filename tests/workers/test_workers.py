@@ -16,8 +16,8 @@ import pytest
 
 import workerwf
 from engine import Engine, RunStatus
-from engine.leases import DEFAULT_QUEUE, LeaseStore
-from engine.worker import Worker
+from engine.workers.leases import DEFAULT_QUEUE, LeaseStore
+from engine.workers.worker import Worker
 from support import Ledger, wait_until
 from workers.harness import FAST_LEASE, engine_for, ledger_url, wait_all, workers
 

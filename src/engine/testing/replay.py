@@ -3,7 +3,7 @@
 The body is called with a runner that returns each step's recorded output and refuses to
 execute anything, so no step code runs and nothing is written. It proves that today's code
 still asks for the recorded steps in the recorded order and, beyond the deploy-safety check
-(`engine.replay_check.check_history`, which it complements), that a finished run still
+(`engine.audit.replay_check.check_history`, which it complements), that a finished run still
 produces the recorded output or failure from the recorded step outputs.
 """
 

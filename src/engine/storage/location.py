@@ -1,15 +1,17 @@
-"""Turns a store URL into the `eventsourcing` environment that opens it."""
+"""Where the log lives: a store URL parsed once into the `eventsourcing` environment that opens
+it and the connection arguments every other connection to the same database uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
 from engine.errors import ConfigurationError
-from engine.postgres_recorder import OrderedPostgresRecorder
+from engine.storage.postgres_recorder import OrderedPostgresRecorder
 
 _SQLITE = "sqlite"
 _POSTGRES = ("postgresql", "postgres")
@@ -23,6 +25,25 @@ class StoreLocation:
     kind: str  # "sqlite" or "postgres"
     env: dict[str, str]
     sqlite_path: Path | None = None
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema of the log and of everything kept beside it."""
+        return self.env.get("POSTGRES_SCHEMA") or "public"
+
+    def connect_kwargs(self, purpose: str) -> dict[str, Any]:
+        """psycopg connection arguments for a PostgreSQL store; `purpose` names the connection
+        in `pg_stat_activity` (the index, the API, a listener...) for operators and tests."""
+        env = self.env
+        return {
+            "dbname": env["POSTGRES_DBNAME"],
+            "host": env["POSTGRES_HOST"],
+            "port": env["POSTGRES_PORT"],
+            "user": env["POSTGRES_USER"],
+            "password": env["POSTGRES_PASSWORD"],
+            "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
+            "application_name": f"stepstone-{purpose}",
+        }
 
     @property
     def display(self) -> str:
@@ -59,7 +80,7 @@ def _sqlite(url: str, raw: str) -> StoreLocation:
         )
     path = Path(unquote(path_text))
     env = {
-        "PERSISTENCE_MODULE": "engine.sqlite_durable",
+        "PERSISTENCE_MODULE": "engine.storage.sqlite_durable",
         "SQLITE_DBNAME": str(path),
         "SQLITE_LOCK_TIMEOUT": "30",
     }

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from uuid import UUID
 
 from engine.errors import EngineError, LeaseLostError
-from engine.leases import LeaseStore
 from engine.logcontext import get_logger
+from engine.workers.leases import LeaseStore
 
 log = get_logger("stepstone.worker")
 

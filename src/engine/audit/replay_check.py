@@ -5,7 +5,7 @@ and patch markers is exactly what a resume would do, with two differences: nothi
 written, and no step is ever executed. When the body asks for a step the history has no
 completed record of, the run would resume cleanly from there, and the check stops.
 
-    from engine.replay_check import check_history
+    from engine.audit.replay_check import check_history
     result = check_history(my_workflow, events)   # events: a golden history you keep
     assert result.ok, result.message
 """
@@ -177,7 +177,7 @@ def check_run(run: WorkflowRun, workflow: Workflow[..., Any]) -> CheckResult:
 def check_history(workflow: Workflow[..., Any], events: Iterable[RunEvent]) -> CheckResult:
     """Replay one run's `events` against `workflow` without running a step or writing anything.
 
-    Use it in your own tests over golden histories (`engine.export.read_export` reads the
+    Use it in your own tests over golden histories (`engine.audit.export.read_export` reads the
     files `stepstone export` writes) to know before a deploy that in-flight runs will resume.
     """
     return check_run(run_of(events), workflow)

@@ -7,7 +7,7 @@ bytes, leaves every hash valid; and a payload moved to another version or anothe
 longer matches. `prev_hash` is inside the payload, which is what chains the events.
 
 The hash is computed when the aggregate triggers the event (pure: no clock, no I/O), and
-checked by `engine.verify` from the raw rows. Without a key it proves consistency, not
+checked by `engine.audit.verify` from the raw rows. Without a key it proves consistency, not
 authorship; `docs/audit.md` says what it can and cannot show.
 """
 

@@ -1,7 +1,7 @@
 """Verify the hash chains of the log: find the first edited, removed, inserted or moved event.
 
 Reads the raw stored rows (not the decoded events, and never snapshots), recomputes each
-event's hash (`engine.chain`) and checks it links to the previous event of its run. What a
+event's hash (`engine.audit.chain`) and checks it links to the previous event of its run. What a
 keyless chain can and cannot prove is in docs/audit.md; `anchors` (heads recorded earlier,
 kept elsewhere) close the biggest gaps: a rewrite of every later hash, and a cut-off tail.
 """
@@ -16,9 +16,9 @@ from uuid import UUID
 import orjson
 
 from engine.aggregate import RunSnapshot, RunState
-from engine.chain import content_digest
+from engine.audit.chain import content_digest
+from engine.audit.export import Row, rows
 from engine.errors import EngineError
-from engine.export import Row, rows
 from engine.store import RunStore
 
 Progress = Callable[[int], None]

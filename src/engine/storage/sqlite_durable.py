@@ -12,16 +12,19 @@ from __future__ import annotations
 from eventsourcing import sqlite as library
 from eventsourcing.utils import Environment, EnvType
 
+from engine.storage.connections import SQLITE_DURABLE
+
 
 class DurableSQLiteConnectionPool(library.SQLiteConnectionPool):
     def _create_connection(self) -> library.SQLiteConnection:
         connection = super()._create_connection()
-        connection._sqlite_conn.execute("PRAGMA synchronous=FULL")
+        for pragma in SQLITE_DURABLE:
+            connection._sqlite_conn.execute(pragma)
         return connection
 
 
 class Factory(library.SQLiteFactory):
-    """Resolved by `eventsourcing` from PERSISTENCE_MODULE = "engine.sqlite_durable"."""
+    """Resolved by `eventsourcing` from PERSISTENCE_MODULE = "engine.storage.sqlite_durable"."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)

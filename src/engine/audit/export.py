@@ -7,7 +7,7 @@ Each line is one object (docs/audit.md is the reference):
 
 `event` is the payload exactly as the store holds it, not as this release would decode it:
 its `class_version`, `prev_hash` and `hash` included, so the hash chain can be checked from
-an export alone (`engine.verify`) and a later release reads it through its upcasters.
+an export alone (`engine.audit.verify`) and a later release reads it through its upcasters.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from eventsourcing.persistence import StoredEvent
 
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.events import RunEvent
-from engine.store import RunStore, _select_with_positions
+from engine.store import RunStore
 
 
 class Row(NamedTuple):
@@ -37,27 +37,19 @@ class Row(NamedTuple):
 
 def rows(
     store: RunStore, *, run_id: UUID | None = None, workflow: str | None = None,
-    batch: int = 2000,
 ) -> Iterator[Row]:
     """The stored events in log order: all, one run's, or those of one workflow's runs."""
     if run_id is not None:
-        for position, version, topic, state in _select_with_positions(store, run_id):
-            yield Row(position, run_id, version, topic, bytes(state))
+        for r in store.reader.iter_run(run_id):
+            yield Row(r.position, run_id, r.version, r.topic, r.state)
         return
     wanted = (
         {s.originator_id for s in store.started() if s.workflow == workflow}
         if workflow is not None else None
     )
-    start: int | None = None
-    while True:
-        notes = store.recorder.select_notifications(start, batch, inclusive_of_start=False)
-        for n in notes:
-            rid = n.originator_id if isinstance(n.originator_id, UUID) else UUID(n.originator_id)
-            if wanted is None or rid in wanted:
-                yield Row(n.id, rid, n.originator_version, n.topic, bytes(n.state))
-        if len(notes) < batch:
-            return
-        start = notes[-1].id
+    for r in store.reader.iter_after(0):
+        if wanted is None or r.run_id in wanted:
+            yield Row(r.position, r.run_id, r.version, r.topic, r.state)
 
 
 def has_events(store: RunStore, *, run_id: UUID | None = None,

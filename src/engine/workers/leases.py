@@ -26,11 +26,11 @@ from uuid import UUID
 import psycopg
 
 from engine.errors import StoreUnavailableError
-from engine.lease_db import Cursor as _Cursor
-from engine.lease_db import Db as _Db
-from engine.lease_db import PostgresDb, SqliteDb
 from engine.logcontext import get_logger
-from engine.store_url import StoreLocation
+from engine.storage import SCHEMA_LOCK_KEY, StoreLocation
+from engine.storage.index_db import Cursor as _Cursor
+from engine.storage.index_db import Db as _Db
+from engine.storage.index_db import PostgresDb, SqliteDb
 
 log = get_logger("stepstone.worker")
 
@@ -109,7 +109,7 @@ class LeaseStore:
         self.clock = clock
         try:
             self._db: _Db = (
-                SqliteDb(str(location.sqlite_path)) if location.kind == "sqlite"
+                SqliteDb(location) if location.kind == "sqlite"
                 else PostgresDb(location)
             )
         except (sqlite3.Error, OSError) as e:
@@ -143,8 +143,6 @@ class LeaseStore:
 
     def _create(self, cur: _Cursor) -> None:
         if self.location.kind == "postgres":  # processes starting together: one at a time
-            from engine.store import SCHEMA_LOCK_KEY
-
             cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
         for ddl in _DDL:
             cur.execute(self._sql(ddl))

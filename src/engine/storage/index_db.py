@@ -12,7 +12,6 @@ transaction that failed before its commit was rolled back by the server.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +20,10 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql as pgsql
 
-from engine.store_url import StoreLocation
-
-CLAIM_LOCK_KEY = 0x5E5E_0001  # pg_advisory_xact_lock key: claims are serialized per database
+from engine.storage.connections import connect_sqlite, postgres_kwargs
+from engine.storage.dialect import Dialect
+from engine.storage.location import StoreLocation
+from engine.storage.locks import CLAIM_LOCK_KEY
 
 
 class Db(Protocol):
@@ -48,12 +48,8 @@ class Cursor(Protocol):
 
 
 class SqliteDb:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+    def __init__(self, location: StoreLocation) -> None:
+        self._conn = connect_sqlite(location)
 
     def names(self) -> dict[str, str]:
         return {
@@ -83,7 +79,7 @@ class SqliteDb:
         return False  # a local file: a failure is not a stale connection
 
 
-_PARAM = re.compile(r"%\((\w+)\)s")
+_SQLITE = Dialect(is_sqlite=True, schema="")
 
 
 class SqliteCursor:
@@ -91,7 +87,7 @@ class SqliteCursor:
         self._cur = cur
 
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any:
-        return self._cur.execute(_PARAM.sub(r":\1", query), params or {})
+        return self._cur.execute(_SQLITE.named(query), params or {})
 
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()
@@ -103,18 +99,9 @@ class SqliteCursor:
 
 class PostgresDb:
     def __init__(self, location: StoreLocation) -> None:
-        env = location.env
-        self._schema = env.get("POSTGRES_SCHEMA") or "public"
-        self._kwargs: dict[str, Any] = {
-            "dbname": env["POSTGRES_DBNAME"],
-            "host": env["POSTGRES_HOST"],
-            "port": env["POSTGRES_PORT"],
-            "user": env["POSTGRES_USER"],
-            "password": env["POSTGRES_PASSWORD"],
-            "connect_timeout": int(env["POSTGRES_CONNECT_TIMEOUT"]),
-            # Names this process's connection in pg_stat_activity, for operators and tests.
-            "application_name": f"stepstone-index:{os.getpid()}",
-        }
+        self._schema = location.schema
+        # Names this process's connection in pg_stat_activity, for operators and tests.
+        self._kwargs = postgres_kwargs(location, f"index:{os.getpid()}")
         self._conn: psycopg.Connection[Any] | None = None
         self._committing = False
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from engine.audit.parking import park_crash_loop
 from engine.driver import utc_now
 from engine.engine import Engine
 from engine.errors import (
@@ -30,13 +31,13 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.events import ResumeReason
-from engine.leases import PARKED, READY, Claim, queue_scope
 from engine.logcontext import bound, get_logger
-from engine.parking import park_crash_loop
 from engine.results import RunResult
+from engine.storage import listen
+from engine.workers.leases import PARKED, READY, Claim, queue_scope
 
 if TYPE_CHECKING:  # prometheus-client is the optional `metrics` extra
-    from engine.metrics import WorkerMetrics
+    from engine.workers.metrics import WorkerMetrics
 
 log = get_logger("stepstone.worker")
 
@@ -301,17 +302,9 @@ class _Listener:
     """Wakes the worker when a run is enqueued (PostgreSQL LISTEN), instead of a full poll."""
 
     def __init__(self, worker: Worker) -> None:
-        import psycopg
-
-        env = worker.engine.location.env
         self._worker = worker
         self._stop = threading.Event()
-        self._conn = psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"], autocommit=True,
-            connect_timeout=int(env["POSTGRES_CONNECT_TIMEOUT"]),
-        )
-        self._conn.execute(f"LISTEN {worker.engine.leases.channel}")
+        self._conn = listen(worker.engine.location, worker.engine.leases.channel)
         self._thread = threading.Thread(target=self._loop, name="stepstone-listen", daemon=True)
         self._thread.start()
 

@@ -1,0 +1,88 @@
+"""The read port of the log: its head, the events after a position, a run's events with their
+positions. The write side, the projections, the API and the audit commands read through it,
+so the layout of the library's tables is known here and nowhere else.
+
+It runs on any `fetch` (SQL with `?` placeholders in, rows out): the event store's own
+connections, or the API's read-only ones. Pages are bounded: a caller that wants a whole run
+or the whole log asks page after page (`iter_run`, `iter_after`), in constant memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from engine.storage.dialect import Dialect
+
+Fetch = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
+
+PAGE = 2000
+
+
+class StoredRow(NamedTuple):
+    """One stored event as the log holds it, undecoded, with its global position."""
+
+    position: int
+    run_id: UUID
+    version: int
+    topic: str
+    state: bytes
+
+
+class LogReader:
+    def __init__(self, fetch: Fetch, dialect: Dialect) -> None:
+        self._fetch = fetch
+        self.dialect = dialect
+        d = dialect
+        self._head = f"SELECT max({d.position}) FROM {d.events_table}"
+        self._run = (
+            f"SELECT {d.position}, originator_version, topic, state FROM {d.events_table} "
+            f"WHERE originator_id = {d.run_id_param()} AND originator_version > ? "
+            "ORDER BY originator_version LIMIT ?"
+        )
+        self._after = (
+            f"SELECT {d.position}, originator_id, originator_version, topic, state "
+            f"FROM {d.events_table} WHERE {d.position} > ? ORDER BY {d.position} LIMIT ?"
+        )
+
+    def head(self) -> int:
+        """The position of the last event in the log (0 for an empty log)."""
+        rows = self._fetch(self._head, ())
+        return int(rows[0][0] or 0) if rows else 0
+
+    def run_events(self, run_id: UUID, *, after_version: int = 0,
+                   limit: int = PAGE) -> list[StoredRow]:
+        """Up to `limit` of the run's events after `after_version`, in version order."""
+        key = self.dialect.run_id_value(run_id)
+        return [StoredRow(int(p), run_id, int(v), t, bytes(s))
+                for p, v, t, s in self._fetch(self._run, (key, after_version, limit))]
+
+    def iter_run(self, run_id: UUID, *, after_version: int = 0) -> Iterator[StoredRow]:
+        """All the run's events after `after_version`, read a page at a time."""
+        while True:
+            page = self.run_events(run_id, after_version=after_version)
+            yield from page
+            if len(page) < PAGE:
+                return
+            after_version = page[-1].version
+
+    def after(self, position: int, *, limit: int = PAGE) -> list[StoredRow]:
+        """Up to `limit` events of any run after global `position`, in log order."""
+        return [StoredRow(int(p), r if isinstance(r, UUID) else UUID(str(r)), int(v), t,
+                          bytes(s))
+                for p, r, v, t, s in self._fetch(self._after, (position, limit))]
+
+    def iter_after(self, position: int = 0) -> Iterator[StoredRow]:
+        """Every event after `position`, read a page at a time."""
+        while True:
+            page = self.after(position)
+            yield from page
+            if len(page) < PAGE:
+                return
+            position = page[-1].position
+
+    def position_of(self, run_id: UUID, version: int) -> int | None:
+        """The position of the run's first event at or after `version`, if any."""
+        rows = self.run_events(run_id, after_version=version - 1, limit=1)
+        return rows[0].position if rows else None
