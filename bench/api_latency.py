@@ -31,12 +31,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 
-from engine import events as ev
 from engine.aggregate import WorkflowRun
 from engine.storage import parse_store_url
 from engine.store import RunStore
@@ -58,38 +56,32 @@ def synthetic_run(rng: random.Random, n: int, start: datetime) -> WorkflowRun:
         return t
 
     run = WorkflowRun.start(
-        uuid.UUID(int=rng.getrandbits(128), version=4), timestamp=at(), worker_id=worker,
+        uuid.UUID(int=rng.getrandbits(128), version=4), at=at(), worker=worker,
         workflow=f"etl-{n % 4}", workflow_version=1, entrypoint="jobs:etl",
         code_fingerprint="f" * 16, input={"day": n}, input_digest="d" * 64, idempotency_key=None,
     )
-
-    def rec(cls: type[ev.RunEvent], **fields: Any) -> None:
-        run.record(cls, timestamp=at(), worker_id=worker, **fields)
-
+    # The typed commands, in the order the old `record` calls drew from `rng`: the same seed
+    # still writes the same log.
     fate = rng.random()
-    rec(ev.StepStarted, step_key="extract#0", step_name="extract", attempt=1)
-    rec(ev.StepCheckpointed, step_key="extract#0", attempt=1, sequence=1,
-        state={"offset": 500}, progress_done=500, progress_total=1000)
+    run.start_step("extract#0", "extract", 1, at=at(), worker=worker)
+    run.checkpoint_step("extract#0", 1, 1, {"offset": 500}, 500, 1000, at=at(), worker=worker)
     if fate < 0.05:  # still running
         return run
     if fate < 0.10:  # preempted mid-step
-        rec(ev.StepPreempted, step_key="extract#0", attempt=1, last_checkpoint_sequence=1,
-            reason="SIGTERM")
-        rec(ev.RunPreempted, reason="SIGTERM")
+        run.preempt_step("extract#0", 1, 1, "SIGTERM", at=at(), worker=worker)
+        run.preempt("SIGTERM", at=at(), worker=worker)
         return run
-    rec(ev.StepCompleted, step_key="extract#0", attempt=1, output={"rows": 1000},
-        duration_s=rng.uniform(0.1, 2.0))
-    rec(ev.StepStarted, step_key="load#1", step_name="load", attempt=1)
+    run.complete_step("extract#0", 1, {"rows": 1000}, rng.uniform(0.1, 2.0), at=at(),
+                      worker=worker)
+    run.start_step("load#1", "load", 1, at=at(), worker=worker)
     if fate < 0.20:
-        rec(ev.StepFailed, step_key="load#1", attempt=1, error_type="IntegrityError",
-            message="duplicate key value violates unique constraint", retryable=False,
-            next_attempt_at=None, duration_s=0.2)
-        rec(ev.RunFailed, error_type="IntegrityError", message="duplicate key",
-            step_key="load#1")
+        run.fail_step("load#1", 1, "IntegrityError",
+                      "duplicate key value violates unique constraint", retryable=False,
+                      next_attempt_at=None, duration_s=0.2, at=at(), worker=worker)
+        run.fail("IntegrityError", "duplicate key", "load#1", at=at(), worker=worker)
         return run
-    rec(ev.StepCompleted, step_key="load#1", attempt=1, output=1000,
-        duration_s=rng.uniform(0.1, 2.0))
-    rec(ev.RunCompleted, output={"rows": 1000})
+    run.complete_step("load#1", 1, 1000, rng.uniform(0.1, 2.0), at=at(), worker=worker)
+    run.complete({"rows": 1000}, at=at(), worker=worker)
     return run
 
 

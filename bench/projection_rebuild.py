@@ -59,41 +59,38 @@ def _run(rng: random.Random, n: int) -> WorkflowRun:
         return t
 
     run = WorkflowRun.start(
-        uuid.UUID(int=rng.getrandbits(128), version=4), timestamp=at(), worker_id=worker,
+        uuid.UUID(int=rng.getrandbits(128), version=4), at=at(), worker=worker,
         workflow=f"pipeline-{n % 5}", workflow_version=1, entrypoint="jobs:pipeline",
         code_fingerprint="f" * 16, input={"day": n % 365}, input_digest="d" * 64,
         idempotency_key=None,
     )
-
-    def rec(cls: type[ev.RunEvent], **fields: Any) -> None:
-        run.record(cls, timestamp=at(), worker_id=worker, **fields)
-
+    # The typed commands, in the order the old `record` calls drew from `rng`: the same seed
+    # still writes the same log.
     for s, name in enumerate(("extract", "clean", "enrich", "join", "load", "report")):
         key, attempt = f"{name}#{s}", 1
-        rec(ev.StepStarted, step_key=key, step_name=name, attempt=attempt)
+        run.start_step(key, name, attempt, at=at(), worker=worker)
         roll = rng.random()
         if roll < 0.05:  # a retryable failure, then a retry
-            rec(ev.StepFailed, step_key=key, attempt=attempt, error_type="TimeoutError",
-                message="upstream timed out", retryable=True, next_attempt_at=t, duration_s=0.5)
+            run.fail_step(key, attempt, "TimeoutError", "upstream timed out", retryable=True,
+                          next_attempt_at=t, duration_s=0.5, at=at(), worker=worker)
             attempt += 1
-            rec(ev.StepStarted, step_key=key, step_name=name, attempt=attempt)
+            run.start_step(key, name, attempt, at=at(), worker=worker)
         elif roll < 0.07:  # a crash: the next attempt starts over an unfinished one
-            rec(ev.RunResumed, reason=ev.ResumeReason.CRASH_RECOVERY)
+            run.resume(ev.ResumeReason.CRASH_RECOVERY, at=at(), worker=worker)
             attempt += 1
-            rec(ev.StepStarted, step_key=key, step_name=name, attempt=attempt)
+            run.start_step(key, name, attempt, at=at(), worker=worker)
         elif roll < 0.09:  # a preemption and a resume
-            rec(ev.StepPreempted, step_key=key, attempt=attempt, last_checkpoint_sequence=0,
-                reason="SIGTERM")
-            rec(ev.RunPreempted, reason="SIGTERM")
-            rec(ev.RunResumed, reason=ev.ResumeReason.AFTER_PREEMPTION)
+            run.preempt_step(key, attempt, 0, "SIGTERM", at=at(), worker=worker)
+            run.preempt("SIGTERM", at=at(), worker=worker)
+            run.resume(ev.ResumeReason.AFTER_PREEMPTION, at=at(), worker=worker)
             attempt += 1
-            rec(ev.StepStarted, step_key=key, step_name=name, attempt=attempt)
+            run.start_step(key, name, attempt, at=at(), worker=worker)
         for c in (1, 2):
-            rec(ev.StepCheckpointed, step_key=key, attempt=attempt, sequence=c,
-                state={"offset": c * 1000}, progress_done=c * 1000, progress_total=2000)
-        rec(ev.StepCompleted, step_key=key, attempt=attempt, output={"rows": 2000},
-            duration_s=rng.uniform(0.1, 3.0))
-    rec(ev.RunCompleted, output={"ok": True})
+            run.checkpoint_step(key, attempt, c, {"offset": c * 1000}, c * 1000, 2000,
+                                at=at(), worker=worker)
+        run.complete_step(key, attempt, {"rows": 2000}, rng.uniform(0.1, 3.0), at=at(),
+                          worker=worker)
+    run.complete({"ok": True}, at=at(), worker=worker)
     return run
 
 

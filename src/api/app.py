@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from api import docs_page, errors, health, routes_runs, routes_stats, stream
+from api import docs_page, errors, health, routes_runs, routes_stats, stream, vocabulary
 from api.auth import OPEN_PATHS, BearerTokenMiddleware, checked_token
 from api.deps import ApiOptions, read_route
 from api.metrics import LatencyMiddleware, new_registry
@@ -63,7 +63,7 @@ def create_app(
     app.state.options = options
     errors.install(app)
     docs_page.install(app)
-    for module in (routes_runs, routes_stats, stream, health):
+    for module in (routes_runs, routes_stats, stream, health, vocabulary):
         app.include_router(module.router)
     registry, latency = new_registry(reads)
 

@@ -7,9 +7,9 @@ The token is accepted from the `Authorization` header only. A cookie would be re
 sent to, every other server on the same host (cookies are not separated by port), which is
 exactly where a loopback-bound server's neighbours live. The dashboard keeps the token in
 `sessionStorage` (one origin, one tab) and sends it as a header, its event streams included.
-That is why the shell the browser navigates to (the dashboard's page and files, the API docs
-page and its assets, the OpenAPI document) is open: it holds no run data, and a browser cannot
-put a header on a navigation.
+That is why the shell the browser navigates to (the dashboard's page and files, the
+vocabulary it loads first, the API docs page and its assets, the OpenAPI document) is open: it
+holds no run data, and a browser cannot put a header on a navigation.
 
 Missing and wrong tokens get the same 401. Both sides are hashed before a constant-time
 compare, so neither the content nor the length of the token leaks through timing. Nothing here
@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Paths that hold no run data: health, and what a browser loads before it can send a header.
-OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/openapi.json", "/vocabulary.json"})
 OPEN_PREFIXES = ("/static/", "/docs-assets/")
 _JSON_401 = b'{"detail":"a valid bearer token is required: send Authorization: Bearer <token>"}'
 

@@ -19,11 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.queries import Reads
 from api.readonly_store import StoreReadError
+from engine.status import RunStatus
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_STATUSES = (
-    "pending", "running", "preempted", "waiting", "parked", "completed", "failed", "cancelled",
-)
 
 
 class ViewsCollector(Collector):
@@ -48,8 +46,8 @@ class ViewsCollector(Collector):
         runs = GaugeMetricFamily("stepstone_runs", "Runs by workflow and status",
                                  labels=["workflow", "status"])
         for stats in self.reads.workflow_stats():
-            for status in _STATUSES:
-                runs.add_metric([stats.workflow, status], getattr(stats, status))
+            for status in RunStatus:  # the engine's statuses, each a field of WorkflowStats
+                runs.add_metric([stats.workflow, status.value], getattr(stats, status.value))
         yield runs
         names = ("attempts", "retries", "failures", "preemptions", "crashes")
         families = {

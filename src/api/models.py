@@ -1,7 +1,9 @@
 """What the API answers, as pydantic models: the HTTP contract, kept apart from view rows.
 
 A view's columns can change with a release of the projections; these models change only on
-purpose, and the OpenAPI document is generated from them.
+purpose, and the OpenAPI document is generated from them. The run statuses are the engine's
+own (`engine.status.RunStatus`): a status added there appears here, in the OpenAPI enum and in
+the per-status counts of `WorkflowStats`, with nothing to restate.
 """
 
 from __future__ import annotations
@@ -13,16 +15,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class RunStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    PREEMPTED = "preempted"
-    WAITING = "waiting"
-    PARKED = "parked"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+# The engine's enums, not copies, so the OpenAPI document's enums are the engine's.
+from engine.status import RunStatus, StepStatus
 
 
 class StepOutcome(StrEnum):
@@ -138,14 +132,12 @@ class WorkflowStats(_Model):
 
     workflow: str
     runs: int
-    pending: int
-    running: int
-    preempted: int
-    waiting: int
-    parked: int
-    completed: int
-    failed: int
-    cancelled: int
+    # One count per status of the engine, in its order: a field per status rather than a map,
+    # so clients read `completed` as before. (Annotations written into the class body while
+    # it is built are fields like any other to pydantic.)
+    for _status in RunStatus:
+        __annotations__[_status.value] = int
+    del _status
     duration_p50_s: float | None
     duration_p95_s: float | None
 
@@ -191,3 +183,27 @@ class Readiness(_Model):
 
 class ErrorBody(_Model):
     detail: str
+
+
+class StatusInfo(_Model):
+    """One run status of the engine."""
+
+    name: RunStatus
+    terminal: bool = Field(description="nothing follows the event that ends a run in it")
+
+
+class EventInfo(_Model):
+    """One event type of the engine's log."""
+
+    name: str = Field(description="the event_type of /runs/{run_id}/events")
+    status_after: RunStatus | None = Field(
+        description="the status a run takes on this event; null: it keeps its status"
+    )
+
+
+class Vocabulary(_Model):
+    """The names the answers of this API use, in the engine's order."""
+
+    run_statuses: list[StatusInfo]
+    step_statuses: list[StepStatus]
+    events: list[EventInfo]

@@ -1,6 +1,10 @@
 """The API's reads: plain SQL over the views, and over the log for a run's events.
 
-Table and tracking names come from the projections package, so the two cannot drift apart.
+Table and tracking names come from the projections package, so the two cannot drift apart;
+so do columns: each query selects, by name, the columns of a view's exported table spec that
+its model needs, and builds the model from (name, value) pairs, never from positions, so a
+view column renamed, added or moved cannot silently shift another into its place.
+
 Lists page with keyset cursors (the last row's sort key, opaque to clients), so a page costs
 the same however deep it is.
 """
@@ -24,26 +28,45 @@ from api.readonly_store import ReadOnlyStore, Row
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.events import RunEvent
 from engine.results import HistoryEntry
+from engine.status import RunStatus
 from engine.storage import LogReader, StoredRow
 from engine.store import RunStore
-from projections import VIEWS
-from projections.projector import DEFAULT_PREFIX
+from projections import DEFAULT_PREFIX, VIEW_TABLES, VIEWS, Table
 
-RUN_COLUMNS = (
-    "run_id, workflow, workflow_version, status, current_step, current_step_status, "
-    "steps_done, steps_started, progress_done, progress_total, attempts, retries, preemptions, "
-    "crashes, interruptions, worker, started_at, updated_at, finished_at, last_error_type, "
-    "last_error_message, last_error_step, last_position"
+
+def columns_of(spec: Table, names: Sequence[str]) -> tuple[str, ...]:
+    """`names`, checked to be columns of the view table `spec` (at import: a view that loses
+    a column the API reads fails loudly on start, not with a wrong field on some request)."""
+    missing = [n for n in names if n not in spec.column_names]
+    if missing:
+        raise RuntimeError(f"the {spec.name} view has no column {', '.join(missing)}")
+    return tuple(names)
+
+
+RUNS, ATTEMPTS, STATS, HOTSPOTS = (
+    VIEW_TABLES[v] for v in ("runs", "step_attempts", "workflow_stats", "hotspots")
 )
-ATTEMPT_COLUMNS = (
-    "step_key, step_name, attempt, worker, started_at, ended_at, outcome, duration_s, "
-    "error_type, error_message"
+# A `Run` is the runs view's columns of the same names, in the model's field order, and three
+# fields made of other columns (`_RUN_SOURCES`); the query selects those as NULL placeholders,
+# so that a row zips with the model's field names in one step (see `run_fields`).
+_RUN_FIELDS = tuple(m.Run.model_fields)
+_RUN_MADE = frozenset({"steps_expected", "progress", "last_error"})
+_RUN_SOURCES = columns_of(RUNS, ("progress_done", "progress_total", "last_error_type",
+                                 "last_error_message", "last_error_step"))
+RUN_COLUMNS = columns_of(RUNS, [f for f in _RUN_FIELDS if f not in _RUN_MADE])
+_RUN_SELECT = ", ".join(
+    [f"NULL AS {f}" if f in _RUN_MADE else f for f in _RUN_FIELDS] + list(_RUN_SOURCES)
 )
-STATS_COLUMNS = (
-    "workflow, runs, pending, running, preempted, waiting, parked, completed, failed, cancelled, "
-    "duration_p50_s, duration_p95_s"
+ATTEMPT_COLUMNS = columns_of(ATTEMPTS, tuple(m.StepAttempt.model_fields))
+STATS_COLUMNS = columns_of(STATS, tuple(m.WorkflowStats.model_fields))
+HOTSPOT_COLUMNS = columns_of(
+    HOTSPOTS, tuple(f for f in m.Hotspot.model_fields if f != "interruptions")
 )
-HOTSPOT_COLUMNS = "workflow, step_name, attempts, retries, failures, preemptions, crashes"
+_COMPLETED = RunStatus.COMPLETED.value
+
+
+def _select(names: Sequence[str]) -> str:
+    return ", ".join(names)
 
 
 class InvalidQueryError(ValueError):
@@ -66,10 +89,9 @@ class Reads:
         self._limiter: anyio.CapacityLimiter | None = None
         self.mapper = PydanticMapper(transcoder=OrjsonTranscoder())
         q = store.qualify
-        self.runs = q(f"{DEFAULT_PREFIX}_runs")
-        self.attempts = q(f"{DEFAULT_PREFIX}_step_attempts")
-        self.stats = q(f"{DEFAULT_PREFIX}_workflow_stats")
-        self.hotspots = q(f"{DEFAULT_PREFIX}_hotspots")
+        self.runs, self.attempts, self.stats, self.hotspots = (
+            q(f"{DEFAULT_PREFIX}_{spec.name}") for spec in (RUNS, ATTEMPTS, STATS, HOTSPOTS)
+        )
         self.log = LogReader(store.fetch, store.dialect)
         self.tracking = store.dialect.view_tracking_table
         self.uuid, self.ts = ("?", "?") if store.is_sqlite else ("?::uuid", "?::timestamptz")
@@ -119,7 +141,7 @@ class Reads:
 
         JSON straight from the rows (orjson), not through pydantic models: building and
         dumping fifty models cost more than the query itself. The shape is `run_fields`,
-        which `run_of` validates against the `Run` model; the tests compare both.
+        which `get_run` validates against the `Run` model; the tests compare both.
         """
         where: list[str] = []
         params: list[Any] = []
@@ -140,53 +162,57 @@ class Reads:
             where.append(f"(started_at, run_id) < ({self.ts}, {self.uuid})")
             params += [str(started), str(_uuid(run_id))]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.store.fetch(
-            f"SELECT {RUN_COLUMNS} FROM {self.runs} {clause} "
-            "ORDER BY started_at DESC, run_id DESC LIMIT ?",
-            [*params, limit + 1],
+        rows = self._run_rows(
+            f"{clause} ORDER BY started_at DESC, run_id DESC LIMIT ?", [*params, limit + 1]
         )
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more and rows:
             last = rows[-1]
-            next_cursor = _encode_cursor(_text(last[16]), str(last[0]))
-        items = [run_fields(r, self.expected_steps(r)) for r in rows]
+            next_cursor = _encode_cursor(_text(last["started_at"]), str(last["run_id"]))
+        for run in rows:
+            run["steps_expected"] = self.expected_steps(run)
+        items = rows
         return orjson.dumps({"items": items, "next_cursor": next_cursor})
 
     def get_run(self, run_id: UUID) -> m.Run | None:
-        rows = self.store.fetch(
-            f"SELECT {RUN_COLUMNS} FROM {self.runs} WHERE run_id = {self.uuid}", [str(run_id)]
-        )
-        return run_of(rows[0], self.expected_steps(rows[0])) if rows else None
+        rows = self._run_rows(f"WHERE run_id = {self.uuid}", [str(run_id)])
+        return self._run(rows[0]) if rows else None
 
     def changed_runs(self, after: int, limit: int) -> list[m.Run]:
         """Runs whose last event is past position `after`, oldest change first."""
-        rows = self.store.fetch(
-            f"SELECT {RUN_COLUMNS} FROM {self.runs} WHERE last_position > ? "
-            "ORDER BY last_position LIMIT ?",
-            [after, limit],
-        )
-        return [run_of(r, self.expected_steps(r)) for r in rows]
+        rows = self._run_rows("WHERE last_position > ? ORDER BY last_position LIMIT ?",
+                              [after, limit])
+        return [self._run(r) for r in rows]
 
-    def expected_steps(self, row: Row) -> int | None:
+    def _run_rows(self, rest: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """Runs of the runs view in the shape of `Run` (`run_fields`), steps expected unset."""
+        rows = self.store.fetch(f"SELECT {_RUN_SELECT} FROM {self.runs} {rest}", params)
+        return [run_fields(r) for r in rows]
+
+    def _run(self, fields: dict[str, Any]) -> m.Run:
+        fields["steps_expected"] = self.expected_steps(fields)
+        return m.Run.model_validate(fields)
+
+    def expected_steps(self, row: dict[str, Any]) -> int | None:
         """The yardstick for a run's progress: the steps of the latest completed run of its
         workflow version (its own if completed).
 
         Cached for a few seconds per workflow version: a page or a stream tick asks for the
         same few workflows over and over, and the answer changes only when a run completes.
         """
-        if row[3] == "completed":
-            return int(row[6])
-        key = (str(row[1]), int(row[2]))
+        if row["status"] == _COMPLETED:
+            return int(row["steps_done"])
+        key = (str(row["workflow"]), int(row["workflow_version"]))
         now = time.monotonic()
         cached = self._expected.get(key)
         if cached is not None and now - cached[0] < _EXPECTED_TTL_S:
             return cached[1]
         found = self.store.fetch(
-            f"SELECT steps_done FROM {self.runs} WHERE workflow = ? AND status = 'completed' "
+            f"SELECT steps_done FROM {self.runs} WHERE workflow = ? AND status = ? "
             "AND workflow_version = ? ORDER BY finished_at DESC LIMIT 1",
-            [key[0], key[1]],
+            [key[0], _COMPLETED, key[1]],
         )
         steps = int(found[0][0]) if found else None
         self._expected[key] = (now, steps)
@@ -199,12 +225,12 @@ class Reads:
         if offset < 0:
             raise InvalidCursorError("negative offset")
         rows = self.store.fetch(
-            f"SELECT {ATTEMPT_COLUMNS} FROM {self.attempts} WHERE run_id = {self.uuid} "
+            f"SELECT {_select(ATTEMPT_COLUMNS)} FROM {self.attempts} WHERE run_id = {self.uuid} "
             "ORDER BY started_at, step_key, attempt LIMIT ? OFFSET ?",
             [str(run_id), limit + 1, offset],
         )
         more = len(rows) > limit
-        items = [m.StepAttempt(**dict(zip(_ATTEMPT_FIELDS, r, strict=True))) for r in rows[:limit]]
+        items = [m.StepAttempt(**dict(zip(ATTEMPT_COLUMNS, r, strict=True))) for r in rows[:limit]]
         return m.StepAttemptPage(
             run_id=run_id,
             items=items,
@@ -244,21 +270,21 @@ class Reads:
 
     # -- statistics --------------------------------------------------------------------------
     def workflow_stats(self) -> list[m.WorkflowStats]:
-        rows = self.store.fetch(f"SELECT {STATS_COLUMNS} FROM {self.stats} ORDER BY workflow")
-        names = [c.strip() for c in STATS_COLUMNS.split(",")]
-        return [m.WorkflowStats(**dict(zip(names, r, strict=True))) for r in rows]
+        rows = self.store.fetch(
+            f"SELECT {_select(STATS_COLUMNS)} FROM {self.stats} ORDER BY workflow"
+        )
+        return [m.WorkflowStats(**dict(zip(STATS_COLUMNS, r, strict=True))) for r in rows]
 
     def hotspot_rows(self, *, workflow: str | None, limit: int) -> list[m.Hotspot]:
         where, params = ("WHERE workflow = ?", [workflow]) if workflow is not None else ("", [])
         rows = self.store.fetch(
-            f"SELECT {HOTSPOT_COLUMNS} FROM {self.hotspots} {where} "
+            f"SELECT {_select(HOTSPOT_COLUMNS)} FROM {self.hotspots} {where} "
             "ORDER BY crashes + preemptions DESC, failures DESC, workflow, step_name LIMIT ?",
             [*params, limit],
         )
-        names = [c.strip() for c in HOTSPOT_COLUMNS.split(",")]
         out = []
         for r in rows:
-            fields = dict(zip(names, r, strict=True))
+            fields = dict(zip(HOTSPOT_COLUMNS, r, strict=True))
             out.append(m.Hotspot(**fields, interruptions=fields["crashes"] + fields["preemptions"]))
         return out
 
@@ -271,31 +297,24 @@ class Reads:
             raise InvalidQueryError(f"time {when.isoformat()} is out of range") from None
 
 
-_ATTEMPT_FIELDS = tuple(c.strip() for c in ATTEMPT_COLUMNS.split(","))
 _EXPECTED_TTL_S = 5.0
 
 
-def run_fields(r: Row, expected: int | None = None) -> dict[str, Any]:
-    """A runs-view row in the shape of the API's `Run`, as plain JSON-ready values."""
-    progress = {"done": r[8], "total": r[9]} if r[9] is not None else None
-    error = (
-        {"type": r[19], "message": r[20], "step": r[21]}
-        if r[19] is not None or r[20] is not None
-        else None
-    )
-    return {
-        "run_id": r[0], "workflow": r[1], "workflow_version": r[2], "status": r[3],
-        "current_step": r[4], "current_step_status": r[5], "steps_done": r[6],
-        "steps_started": r[7], "steps_expected": expected, "progress": progress,
-        "attempts": r[10], "retries": r[11],
-        "preemptions": r[12], "crashes": r[13], "interruptions": r[14], "worker": r[15],
-        "started_at": r[16], "updated_at": r[17], "finished_at": r[18], "last_error": error,
-        "last_position": r[22],
-    }
+def run_fields(row: Row) -> dict[str, Any]:
+    """A row selected as `_RUN_SELECT`, in the shape of the API's `Run` (steps expected unset)
+    as plain JSON-ready values, in the model's field order.
 
-
-def run_of(r: Row, expected: int | None = None) -> m.Run:
-    return m.Run.model_validate(run_fields(r, expected))
+    One `dict(zip())` names the values, then the made fields replace their placeholders (which
+    keeps their place): it runs for every row of a page, and naming each value in Python
+    doubled the cost of a page.
+    """
+    run = dict(zip(_RUN_FIELDS, row, strict=False))  # the sources follow the fields
+    done, total, error_type, message, step = row[len(_RUN_FIELDS):]
+    if total is not None:
+        run["progress"] = {"done": done, "total": total}
+    if error_type is not None or message is not None:
+        run["last_error"] = {"type": error_type, "message": message, "step": step}
+    return run
 
 
 def _text(value: Any) -> str:

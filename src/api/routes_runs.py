@@ -23,7 +23,8 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.freshness import wait_for_views
-from api.models import EventPage, Run, RunPage, RunStatus, StepAttemptPage
+from api.models import EventPage, Run, RunPage, StepAttemptPage
+from engine.status import RunStatus
 
 router = APIRouter(tags=["runs"], responses=ERRORS)
 

@@ -18,10 +18,10 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import ERRORS, NOT_FOUND, OptionsDep, ReadsDep
 from api.errors import ApiError
-from api.models import Run, RunStatus
+from api.models import Run
+from engine.status import TERMINAL
 
 router = APIRouter(tags=["streams"], responses=ERRORS)
-_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "text/event-stream of `run` events (data: a Run as JSON)",
@@ -54,8 +54,8 @@ async def stream_run(
             if run.last_position != last:
                 last = run.last_position
                 yield _sse(run)
-                if run.status in _TERMINAL:
-                    yield {"event": "end", "data": RunStatus(run.status).value}
+                if run.status in TERMINAL:
+                    yield {"event": "end", "data": run.status.value}
                     return
             if await request.is_disconnected():
                 return

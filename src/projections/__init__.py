@@ -9,10 +9,12 @@
         projector.status()
 
 The views are tables in the log's own database (`stepstone_view_runs`, ...), to be read with
-plain SQL; docs/projections.md describes their columns.
+plain SQL; docs/projections.md describes their columns, and `VIEW_TABLES` holds each view's
+table spec (`f"{DEFAULT_PREFIX}_{spec.name}"`, its column names and types) for code that reads
+them by column name.
 """
 
-from projections.catalog import VIEW_CLASSES
+from projections.catalog import VIEW_CLASSES, VIEW_TABLES
 from projections.errors import (
     EventNotProjectableError,
     ProjectionsError,
@@ -20,15 +22,19 @@ from projections.errors import (
     ViewSchemaError,
     ViewStoreError,
 )
-from projections.projector import Projector, ViewStatus, catch_up
+from projections.projector import DEFAULT_PREFIX, Projector, ViewStatus, catch_up
+from projections.sql import Table
 
 VIEWS: tuple[str, ...] = tuple(VIEW_CLASSES)
 
 __all__ = [
+    "DEFAULT_PREFIX",
     "VIEWS",
+    "VIEW_TABLES",
     "EventNotProjectableError",
     "ProjectionsError",
     "Projector",
+    "Table",
     "UnknownViewError",
     "ViewSchemaError",
     "ViewStatus",

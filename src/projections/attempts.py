@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine import events as ev
+from engine.events import StepCompleted, StepFailed, StepPreempted, StepStarted
 from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
-from projections.view import View, seconds_between, touched_runs
+from projections.view import Events, View, seconds_between, touched_runs
 
 ATTEMPTS = Table(
     name="step_attempts",
@@ -33,13 +35,19 @@ ATTEMPTS = Table(
 )
 # Rows are lists in column order (a rebuild makes one per attempt: dicts cost too much here).
 _STARTED, _ENDED, _OUTCOME, _DURATION, _ERROR_TYPE, _ERROR_MESSAGE = range(5, 11)
-_STEP_KINDS = frozenset({"StepStarted", "StepCompleted", "StepFailed", "StepPreempted"})
-_ENDS = {"StepCompleted": "completed", "StepFailed": "failed", "StepPreempted": "preempted"}
+_STEP_KINDS: Events = frozenset({StepStarted, StepCompleted, StepFailed, StepPreempted})
+_ENDS = {StepCompleted: "completed", StepFailed: "failed", StepPreempted: "preempted"}
 
 
 class StepAttemptsView(View):
     name = "step_attempts"
     tables = (ATTEMPTS,)
+    handles = _STEP_KINDS
+    ignores = frozenset({  # a step's attempts are all it shows (a reused step ran none)
+        ev.RunStarted, ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired,
+        ev.RunPreempted, ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.PatchMarked,
+        ev.StepReused, ev.RunParked,
+    })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
         # Only attempts without an end can change: those of earlier batches are loaded.
@@ -53,7 +61,7 @@ class StepAttemptsView(View):
         open_ = {(k[0], k[1]): row for k, row in rows.items()}
         for run_id, kind, d in ((f.run_id, f.kind, f.data) for f in steps):
             key = d["step_key"]
-            if kind == "StepStarted":
+            if kind is StepStarted:
                 previous = open_.get((run_id, key))
                 if previous is not None:
                     previous[_OUTCOME] = "crashed"
@@ -72,7 +80,7 @@ class StepAttemptsView(View):
                 found[_DURATION] = d["duration_s"]
             else:
                 found[_DURATION] = seconds_between(found[_STARTED], d["timestamp"])
-            if kind == "StepFailed":
+            if kind is StepFailed:
                 found[_ERROR_TYPE] = d["error_type"]
                 found[_ERROR_MESSAGE] = d["message"]
         tx.upsert(self.bound[0], list(rows.values()))

@@ -23,7 +23,7 @@ from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
 from engine.errors import DamagedLogError, UnknownEventError
-from engine.events import EVENT_TYPES
+from engine.events import EVENT_TYPES, RunEvent
 from engine.logcontext import get_logger
 from projections.errors import EventNotProjectableError
 
@@ -33,31 +33,33 @@ _ID_FIELDS = frozenset({"originator_id", "originator_version"})
 
 
 class Fact(NamedTuple):
-    """One event as the views see it: its global position, its run, its type name, its fields.
+    """One event as the views see it: its global position, its run, its class, its fields.
 
-    `data` holds the event's JSON fields (timestamps as ISO 8601 strings), exactly as stored.
+    `kind` is the event's class from `engine.events`: the views dispatch on it with `is`, so a
+    renamed or removed event fails at import and type-check time, not silently. `data` holds
+    the event's JSON fields (timestamps as ISO 8601 strings), exactly as stored.
     The run id is its canonical text: the views key dicts by it, and `UUID.__hash__` (Python
     code) costs more than the rest of a dict lookup.
     """
 
     position: int
     run_id: str
-    kind: str
+    kind: type[RunEvent]
     data: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str
+    kind: type[RunEvent]
     class_version: int
     required: frozenset[str]
     allowed: frozenset[str]
 
 
-def _spec(cls: type[BaseModel]) -> _Spec:
+def _spec(cls: type[RunEvent]) -> _Spec:
     fields = cls.model_fields
     return _Spec(
-        kind=cls.__name__,
+        kind=cls,
         class_version=getattr(cls, "class_version", 1),
         required=frozenset(n for n, f in fields.items() if f.is_required()) - _ID_FIELDS,
         allowed=frozenset(fields) - _ID_FIELDS,
@@ -118,10 +120,9 @@ def decode(
     return facts, None
 
 
-def fact_of(event: BaseModel, position: int) -> Fact:
+def fact_of(event: RunEvent, position: int) -> Fact:
     """The fact of an already decoded event (the library's per-event `process_event` path)."""
-    run_id = str(event.originator_id)  # type: ignore[attr-defined]
-    return Fact(position, run_id, type(event).__name__, _normalized(event))
+    return Fact(position, str(event.originator_id), type(event), _normalized(event))
 
 
 def _normalized(event: BaseModel) -> dict[str, Any]:

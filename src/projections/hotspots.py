@@ -18,9 +18,17 @@ from typing import Any
 
 import orjson
 
+from engine import events as ev
+from engine.events import (
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepPreempted,
+    StepStarted,
+)
 from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
-from projections.view import View, touched_runs
+from projections.view import Events, View, touched_runs
 
 HOTSPOTS = Table(
     name="hotspots",
@@ -41,13 +49,19 @@ HOTSPOTS_RUNS = Table(
     key=("run_id",),
 )
 _COUNTERS = HOTSPOTS.column_names[2:]
-_STEP_KINDS = frozenset({"StepStarted", "StepCompleted", "StepFailed", "StepPreempted"})
-_KINDS = _STEP_KINDS | {"RunStarted"}
+_STEP_KINDS: Events = frozenset({StepStarted, StepCompleted, StepFailed, StepPreempted})
+_KINDS = _STEP_KINDS | {RunStarted}
 
 
 class HotspotsView(View):
     name = "hotspots"
     tables = (HOTSPOTS, HOTSPOTS_RUNS)
+    handles = _KINDS
+    ignores = frozenset({  # it counts attempts, knowing their run's workflow
+        ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.RunPreempted,
+        ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.PatchMarked, ev.StepReused,
+        ev.RunParked,
+    })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
         steps = [f for f in facts if f.kind in _STEP_KINDS]
@@ -64,12 +78,12 @@ class HotspotsView(View):
         deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 5)
         for fact in facts:
             d = fact.data
-            if fact.kind == "RunStarted":
+            if fact.kind is RunStarted:
                 states[fact.run_id] = [d["workflow"], {}, None]
                 continue
             workflow, open_steps, _ = states.setdefault(fact.run_id, ["", {}, None])
             key = d["step_key"]
-            if fact.kind == "StepStarted":
+            if fact.kind is StepStarted:
                 c = deltas[(workflow, d["step_name"])]
                 c[0] += 1
                 c[1] += d["attempt"] > 1
@@ -77,9 +91,9 @@ class HotspotsView(View):
                 open_steps[key] = d["step_name"]
                 continue
             name = open_steps.pop(key, None) or key.rpartition("#")[0] or key
-            if fact.kind == "StepFailed":
+            if fact.kind is StepFailed:
                 deltas[(workflow, name)][2] += 1
-            elif fact.kind == "StepPreempted":
+            elif fact.kind is StepPreempted:
                 deltas[(workflow, name)][3] += 1
         rows: list[Sequence[Any]] = []
         for run_id, (workflow, open_steps, stored) in states.items():

@@ -9,9 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine.events import (
+    PatchMarked,
+    RunFailed,
+    RunParked,
+    RunPreempted,
+    RunStarted,
+    StepCheckpointed,
+    StepCompleted,
+    StepFailed,
+    StepPreempted,
+    StepReused,
+    StepStarted,
+    TimerFired,
+    TimerStarted,
+)
+from engine.status import RunStatus, StepStatus
 from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
-from projections.view import STATUS_AFTER, TERMINAL, View, touched_runs
+from projections.view import STATUS_TEXT_AFTER, TERMINAL_TEXT, Events, View, touched_runs
 
 RUNS = Table(
     name="runs",
@@ -50,16 +66,31 @@ _COLUMNS = RUNS.column_names
 
 def _new_row(run_id: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
-    row.update(run_id=run_id, workflow="", workflow_version=0, status="pending")
+    row.update(run_id=run_id, workflow="", workflow_version=0, status=RunStatus.PENDING.value)
     for counter in ("steps_done", "steps_started", "attempts", "retries", "preemptions",
                     "crashes", "interruptions"):
         row[counter] = 0
     return row
 
 
+# Events with a case in `_apply`, and the status changes (every event also stamps the row's
+# time, worker and position).
+_CASES: Events = frozenset({
+    StepStarted, StepCheckpointed, StepCompleted, StepFailed, StepPreempted, TimerStarted,
+    TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed,
+})
+_HANDLES = _CASES | frozenset(STATUS_TEXT_AFTER)
+_RUNNING, _FAILED, _PREEMPTED, _WAITING = (
+    s.value for s in (StepStatus.RUNNING, StepStatus.FAILED, StepStatus.PREEMPTED,
+                      StepStatus.WAITING)
+)
+
+
 class RunsView(View):
     name = "runs"
     tables = (RUNS,)
+    handles = _HANDLES
+    ignores = frozenset({PatchMarked})
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
         return tx.select(self.bound[0], _COLUMNS, touched_runs(facts))
@@ -80,13 +111,13 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     row["updated_at"] = ts
     row["worker"] = d["worker_id"]
     row["last_position"] = fact.position
-    status = STATUS_AFTER.get(kind)
+    status = STATUS_TEXT_AFTER.get(kind)
     if status is not None:
         row["status"] = status
-    if kind == "StepStarted":
+    if kind is StepStarted:
         key = d["step_key"]
         same = key == row["current_step"]
-        if same and row["current_step_status"] == "running":
+        if same and row["current_step_status"] == _RUNNING:
             # The previous attempt never recorded an end: its worker died.
             row["crashes"] += 1
             row["interruptions"] += 1
@@ -97,52 +128,52 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
         if d["attempt"] > 1:
             row["retries"] += 1
         row["current_step"] = key
-        row["current_step_status"] = "running"
-    elif kind == "StepCheckpointed":
+        row["current_step_status"] = _RUNNING
+    elif kind is StepCheckpointed:
         if d["step_key"] == row["current_step"] and d.get("progress_total") is not None:
             row["progress_done"] = d.get("progress_done")
             row["progress_total"] = d["progress_total"]
-    elif kind == "StepCompleted":
+    elif kind is StepCompleted:
         row["steps_done"] += 1
         if d["step_key"] == row["current_step"]:
             _leave_step(row)
-    elif kind == "StepFailed":
+    elif kind is StepFailed:
         row["last_error_type"] = d["error_type"]
         row["last_error_message"] = d["message"]
         row["last_error_step"] = d["step_key"]
         if d["step_key"] == row["current_step"]:
-            row["current_step_status"] = "failed"
-    elif kind == "StepPreempted":
+            row["current_step_status"] = _FAILED
+    elif kind is StepPreempted:
         if d["step_key"] == row["current_step"]:
-            row["current_step_status"] = "preempted"
-    elif kind == "TimerStarted":  # a durable sleep: a step that waits instead of working
+            row["current_step_status"] = _PREEMPTED
+    elif kind is TimerStarted:  # a durable sleep: a step that waits instead of working
         row["steps_started"] += 1
         row["current_step"] = d["step_key"]
-        row["current_step_status"] = "waiting"
+        row["current_step_status"] = _WAITING
         row["progress_done"] = row["progress_total"] = None
-    elif kind == "TimerFired":
+    elif kind is TimerFired:
         row["steps_done"] += 1
         if d["step_key"] == row["current_step"]:
             _leave_step(row)
-    elif kind == "RunStarted":
+    elif kind is RunStarted:
         row["workflow"] = d["workflow"]
         row["workflow_version"] = d["workflow_version"]
         row["started_at"] = ts
-    elif kind == "RunPreempted":
+    elif kind is RunPreempted:
         row["preemptions"] += 1
         row["interruptions"] += 1
-    elif kind == "StepReused":  # audit: a fork took the parent's output; no attempt ran
+    elif kind is StepReused:  # audit: a fork took the parent's output; no attempt ran
         row["steps_started"] += 1
         row["steps_done"] += 1
-    elif kind == "RunParked":  # audit: why it waits, where the views show errors
+    elif kind is RunParked:  # audit: why it waits, where the views show errors
         row["last_error_type"] = "NonDeterminismError"
         row["last_error_message"] = d["reason"]
         row["last_error_step"] = d["actual"]
-    elif kind == "RunFailed":
+    elif kind is RunFailed:
         row["last_error_type"] = d["error_type"]
         row["last_error_message"] = d["message"]
         row["last_error_step"] = d["step_key"]
-    if status in TERMINAL:
+    if status in TERMINAL_TEXT:
         row["finished_at"] = ts
         _leave_step(row)
 

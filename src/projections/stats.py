@@ -20,14 +20,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from engine import events as ev
+from engine.status import RunStatus
 from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
-from projections.view import STATUS_AFTER, View, seconds_between, touched_runs
+from projections.view import STATUS_TEXT_AFTER, View, seconds_between, touched_runs
 
-STATUSES = (
-    "pending", "running", "preempted", "waiting", "completed", "failed", "cancelled",
-    "parked",  # audit: see docs/audit.md
-)
+# One count column per status of the engine, in its order (a new status is a new column: the
+# view's schema check then asks for a rebuild).
+STATUSES = tuple(status.value for status in RunStatus)
+_COMPLETED = RunStatus.COMPLETED.value
 STATS = Table(
     name="workflow_stats",
     columns=(
@@ -60,21 +62,26 @@ class WorkflowStatsView(View):
     name = "workflow_stats"
     tables = (STATS, STATS_RUNS)
     defers_work = True
+    handles = frozenset(STATUS_TEXT_AFTER)
+    ignores = frozenset({  # runs by status: only the events that move a status count
+        ev.StepCheckpointed, ev.StepCompleted, ev.StepFailed, ev.StepPreempted, ev.PatchMarked,
+        ev.StepReused,
+    })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
-        facts = [f for f in facts if f.kind in STATUS_AFTER]
+        facts = [f for f in facts if f.kind in STATUS_TEXT_AFTER]
         return tx.select(self.bound[1], STATS_RUNS.column_names, touched_runs(facts))
 
     def apply(self, tx: Tx, facts: Sequence[Fact], loaded: list[list[Any]]) -> None:
         counts, runs_table = self.bound
-        facts = [f for f in facts if f.kind in STATUS_AFTER]
+        facts = [f for f in facts if f.kind in STATUS_TEXT_AFTER]
         runs: dict[Any, list[Any]] = {row[0]: row for row in loaded}
         # workflow -> [runs, *one count per status, durations pending]
         deltas: defaultdict[str, list[int]] = defaultdict(lambda: [0] * (len(STATUSES) + 2))
         changed = set()
         for fact in facts:
-            status = STATUS_AFTER[fact.kind]
-            if fact.kind == "RunStarted":
+            status = STATUS_TEXT_AFTER[fact.kind]
+            if fact.kind is ev.RunStarted:
                 workflow = fact.data["workflow"]
                 runs[fact.run_id] = [fact.run_id, workflow, status, fact.data["timestamp"], None]
                 deltas[workflow][0] += 1
@@ -87,8 +94,8 @@ class WorkflowStatsView(View):
             delta = deltas[run[1]]
             delta[_SLOT[run[2]]] -= 1
             delta[_SLOT[status]] += 1
-            if "completed" in (status, run[2]):  # the ranked set changes
-                completed = status == "completed"
+            if _COMPLETED in (status, run[2]):  # the ranked set changes
+                completed = status == _COMPLETED
                 run[4] = seconds_between(run[3], fact.data["timestamp"]) if completed else None
                 delta[-1] += 1
             run[2] = status

@@ -15,27 +15,19 @@ from typing import Any, ClassVar
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.projection import Projection
-from pydantic import BaseModel
 
+from engine.events import RunEvent, RunStarted
+from engine.status import STATUS_AFTER, TERMINAL
 from projections.facts import Fact, fact_of
 from projections.sql import Rows, Table, Tx, ViewDB
 
 SHADOW = "__rebuild"
 
-# How run events move a run's status (engine.aggregate.WorkflowRun.when, restated over facts).
-STATUS_AFTER = {
-    "RunStarted": "pending",
-    "RunResumed": "running",
-    "StepStarted": "running",
-    "RunPreempted": "preempted",
-    "RunCompleted": "completed",
-    "RunFailed": "failed",
-    "RunCancelled": "cancelled",
-    "TimerStarted": "waiting",
-    "TimerFired": "running",
-    "RunParked": "parked",  # audit: diverged on resume, waits for compatible code
-}
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# The engine's status table (the one the aggregate folds with), as the text the views store.
+STATUS_TEXT_AFTER: dict[type[RunEvent], str] = {c: s.value for c, s in STATUS_AFTER.items()}
+TERMINAL_TEXT = frozenset(s.value for s in TERMINAL)
+
+Events = frozenset[type[RunEvent]]
 
 
 class View(Projection[TrackingRecorder]):
@@ -51,6 +43,11 @@ class View(Projection[TrackingRecorder]):
     tables: ClassVar[tuple[Table, ...]] = ()
     defers_work: ClassVar[bool] = False
     """Whether `finish` has work to do; such a view starts out unfinished in each process."""
+    handles: ClassVar[Events] = frozenset()
+    """The event classes this view reads."""
+    ignores: ClassVar[Events] = frozenset()
+    """The event classes it passes over on purpose. Every class of `engine.events` is in
+    exactly one of the two (tests/test_vocabulary.py), so a new event is a decision per view."""
 
     def __init__(self, db: ViewDB, *, log: str, prefix: str, shadow: bool = False) -> None:
         super().__init__(view=db.tracking_recorder())
@@ -78,7 +75,7 @@ class View(Projection[TrackingRecorder]):
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's one-event-per-transaction entry point, for its own runners."""
-        if not isinstance(domain_event, BaseModel):
+        if not isinstance(domain_event, RunEvent):
             raise TypeError(f"{type(domain_event).__name__} is not a Stepstone run event")
         fact = fact_of(domain_event, tracking.notification_id)
         key = f"{self.table}/{tracking.application_name}"
@@ -102,5 +99,5 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 
 def touched_runs(facts: Sequence[Fact]) -> list[str]:
     """Runs with a fact in `facts` that did not start in this batch: their rows may exist."""
-    started = {f.run_id for f in facts if f.kind == "RunStarted"}
+    started = {f.run_id for f in facts if f.kind is RunStarted}
     return list({f.run_id for f in facts} - started)

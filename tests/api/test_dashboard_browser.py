@@ -17,7 +17,7 @@ import pytest
 from apiwf import counting
 from world import Server
 
-from engine import Engine, Settings
+from engine import Engine, RunStatus, Settings
 
 CHROMIUM = os.environ.get("STEPSTONE_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -54,6 +54,13 @@ def test_dashboard_shows_a_run_advance_live(tmp_path: Path) -> None:
                 page.goto(server.base + "/")
                 row = page.locator(f'tr[data-run="{run_id}"]')
                 expect(row).to_be_visible(timeout=15_000)
+                # The status filter and the workflow cards list the engine's statuses, which
+                # the page loaded from /vocabulary.json.
+                options = page.locator("#f-status option")
+                expect(options).to_have_count(len(RunStatus) + 1)
+                assert set(options.all_inner_texts()[1:]) == {s.value for s in RunStatus}
+                counts = page.locator("#workflows .card").first.locator(".counts span")
+                expect(counts).to_have_count(len(RunStatus) + 2)  # + p50, p95
                 expect(page.locator("#live-text")).to_have_text("live", timeout=10_000)
                 driver.start()
                 # The list row updates from /stream while the run goes on.

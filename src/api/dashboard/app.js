@@ -105,6 +105,17 @@ function fmtDur(s) {
 }
 function pill(status) { return el("span", { class: "pill " + status }, status); }
 
+// The run statuses come from the engine (/vocabulary.json), never from a list here: the
+// running ones first, then those that end a run, each in the engine's order. A status with no
+// colour of its own in app.css gets the plain pill's.
+const vocab = { statuses: [] };
+async function loadVocabulary() {
+  const { run_statuses } = await getJSON("/vocabulary.json");
+  vocab.statuses = [...run_statuses.filter((s) => !s.terminal), ...run_statuses.filter((s) => s.terminal)]
+    .map((s) => s.name);
+  $("f-status").append(...vocab.statuses.map((s) => el("option", {}, s)));
+}
+
 // How far a run is: steps done over the steps the latest completed run of its workflow
 // version took (steps_expected), plus the current step's own progress when it reports one.
 // Without a completed run to go by there is no total: the bar shows only the current step.
@@ -198,8 +209,7 @@ async function loadWorkflows() {
   $("workflows").replaceChildren(...items.map((w) => el("div", { class: "card" },
     el("h3", {}, w.workflow),
     el("div", { class: "counts" },
-      ...["running", "waiting", "pending", "preempted", "parked", "completed", "failed"].map((s) =>
-        el("span", {}, el("b", {}, w[s]), " " + s)),
+      ...vocab.statuses.map((s) => el("span", {}, el("b", {}, w[s]), " " + s)),
       el("span", {}, "p50 ", el("b", {}, fmtDur(w.duration_p50_s) || "–")),
       el("span", {}, "p95 ", el("b", {}, fmtDur(w.duration_p95_s) || "–"))))));
 }
@@ -377,5 +387,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("more").addEventListener("click", () => loadRuns(false));
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
-  route();
+  // The statuses first (the list and its filter are built from them); without them the runs
+  // still show, with no status filter.
+  loadVocabulary().catch((e) => setLive(false, "vocabulary: " + e.message)).then(route);
 });
