@@ -11,7 +11,7 @@ from engine.audit.replay_check import CheckResult, check_history
 from engine.context import StepContext, step_context
 from engine.definitions import Step, StepCall, Workflow, step, workflow
 from engine.durable import gather, sleep
-from engine.engine import Engine, load_workflow, run_id_for_key
+from engine.engine import Engine
 from engine.errors import (
     ConfigurationError,
     DamagedLogError,
@@ -33,6 +33,7 @@ from engine.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from engine.identity import load_workflow, run_id_for_key
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
-
-import orjson
 
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
@@ -34,6 +30,7 @@ from engine.errors import (
 )
 from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
+from engine.identity import input_digest, load_workflow, run_id_for_key
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
@@ -47,14 +44,6 @@ from engine.workers.heartbeat import LeaseKeeper
 from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 
 log = get_logger("stepstone.engine")
-
-_KEY_NAMESPACE = uuid.UUID("6f1d2c7e-8a43-5b8e-9c39-5b7f0e1a2d44")
-
-
-def run_id_for_key(workflow_name: str, key: str) -> UUID:
-    """Idempotency: the same workflow and key always name the same run."""
-    return uuid.uuid5(_KEY_NAMESPACE, f"{workflow_name}\x00{key}")
-
 
 class Engine:
     """Starts, drives and reads workflow runs on one event store.
@@ -475,32 +464,3 @@ class Engine:
             )
         self._workflows[name] = wf
         return wf
-
-
-def input_digest(recorded_input: Mapping[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(recorded_input, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def load_workflow(reference: str) -> Workflow[..., Any]:
-    """Import `module:attribute` and check it is a workflow."""
-    module_name, sep, attr = reference.partition(":")
-    if not sep or not module_name or not attr:
-        raise WorkflowNotFoundError(
-            f"workflow reference {reference!r} must look like package.module:workflow_name"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise WorkflowNotFoundError(
-            f"cannot import module {module_name!r} for workflow {reference!r}: {e}"
-        ) from e
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise WorkflowNotFoundError(f"module {module_name!r} has no attribute {attr!r}")
-    if not isinstance(obj, Workflow):
-        raise WorkflowNotFoundError(
-            f"{reference} is not a workflow (decorate it with @workflow(...))"
-        )
-    return obj

@@ -116,6 +116,8 @@ class HistoryEntry:
     prev_hash: str | None = None
     summary: str = field(default="", compare=False)
     """The event's one-line summary (`RunEvent.summary`), as logs and the timeline show it."""
+    kind: type[RunEvent] = field(default=RunEvent, compare=False, repr=False)
+    """The event's class: test it (`entry.kind is StepStarted`) rather than its name."""
 
     @classmethod
     def of(cls, position: int, event: RunEvent) -> HistoryEntry:
@@ -129,4 +131,5 @@ class HistoryEntry:
             hash=event.hash,
             prev_hash=event.prev_hash,
             summary=event.summary(),
+            kind=type(event),
         )

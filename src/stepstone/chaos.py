@@ -38,6 +38,7 @@ from typing import Any
 from uuid import UUID
 
 from engine import Engine, EngineError, HistoryEntry, RunStatus, Settings, run_id_for_key
+from engine import events as ev
 
 EXIT_PREEMPTED = 75
 SIGNALS = ("SIGKILL", "SIGTERM")
@@ -274,7 +275,7 @@ def _interrupt(engine: Engine, children: _Children, store: str, key: str, run_id
 
 def _read_back(history: list[HistoryEntry], report: ChaosReport) -> None:
     """Steps started more than once, and how long each landed kill took to resume."""
-    starts = Counter(e.fields["step_key"] for e in history if e.event_type == "StepStarted")
+    starts = Counter(e.fields["step_key"] for e in history if e.kind is ev.StepStarted)
     report.repeated_steps = {k: n for k, n in starts.items() if n > 1}
     landed = [k for k in report.kills if k.landed and k.sent_at is not None]
     for i, kill in enumerate(landed):

@@ -268,7 +268,8 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
         entries = engine.history(rid)
         if as_json:
             for e in entries:
-                output.emit_json({k: v for k, v in e.__dict__.items() if k != "summary"})
+                output.emit_json({k: v for k, v in e.__dict__.items()
+                                  if k not in ("summary", "kind")})
         else:
             show_timeline(entries)  # audit: the readable timeline
 

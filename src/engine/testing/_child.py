@@ -13,7 +13,8 @@ from uuid import UUID
 
 import orjson
 
-from engine.engine import Engine, load_workflow
+from engine.engine import Engine
+from engine.identity import load_workflow
 from engine.settings import Settings
 from engine.testing.faults import Fault, FaultInjector, instrumented
 from engine.testing.harness import EXIT_NOT_REACHED

@@ -35,8 +35,10 @@ from uuid import UUID
 
 import orjson
 
+from engine import events as ev
 from engine.definitions import Workflow
-from engine.engine import Engine, load_workflow
+from engine.engine import Engine
+from engine.identity import load_workflow
 from engine.results import HistoryEntry
 from engine.settings import Settings
 from engine.status import RunStatus
@@ -174,6 +176,6 @@ class WorkflowHarness:
         e.g. with `IdempotencyLedger`.
         """
         counts: Counter[str] = Counter(
-            e.fields["step_key"] for e in self.history(run_id) if e.event_type == "StepStarted"
+            e.fields["step_key"] for e in self.history(run_id) if e.kind is ev.StepStarted
         )
         return dict(counts)

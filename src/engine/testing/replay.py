@@ -18,8 +18,9 @@ from uuid import UUID
 from engine.aggregate import StepState, WorkflowRun
 from engine.context import current_runner
 from engine.definitions import Step, StepCall, Workflow
-from engine.engine import Engine, load_workflow
+from engine.engine import Engine
 from engine.errors import NonDeterminismError, StepFailedError
+from engine.identity import load_workflow
 from engine.status import RunStatus, StepStatus
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from engine import events as ev
 from engine.aggregate import WorkflowRun
-from engine.status import status_after
+from engine.status import TERMINAL, status_after
 
 _STEP_LABELS = ("workflow", "step")
 
@@ -77,12 +77,12 @@ class WorkerMetrics:
                     self.steps_preempted.labels(workflow, _step_name(e.step_key)).inc()
                 case ev.StepCheckpointed():
                     self.checkpoints.labels(workflow, _step_name(e.step_key)).inc()
-                case ev.RunCompleted() | ev.RunFailed() | ev.RunCancelled():
-                    status = status_after(type(e))
-                    assert status is not None
-                    self.runs_finished.labels(workflow, status.value).inc()
                 case ev.RunPreempted():
                     self.runs_preempted.labels(workflow).inc()
+                case _:
+                    status = status_after(type(e))
+                    if status in TERMINAL:  # whichever event ends a run, however many
+                        self.runs_finished.labels(workflow, str(status)).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on `host:port` from a daemon thread."""
