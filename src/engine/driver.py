@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import events as ev
-from engine.aggregate import StepState, WorkflowRun
+from engine.aggregate import RunCommandError, StepState, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
 from engine.definitions import JsonCodec, Step, StepCall, Workflow
 from engine.errors import (
@@ -122,7 +122,10 @@ class RunDriver:
         with self._lock:
             if self._abandoned is not None:
                 raise Abandon(self._abandoned)
-            command(*args, at=self.clock(), worker=self.worker_id, **fields)
+            try:
+                command(*args, at=self.clock(), worker=self.worker_id, **fields)
+            except RunCommandError as e:  # an engine bug, never the user's failure: the
+                raise Halt(e) from e      # run keeps what it saved and stays resumable
 
     def save(self) -> None:
         with self._lock:

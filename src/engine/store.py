@@ -236,11 +236,22 @@ class RunStore(Application[UUID]):
                            ())
         return [r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows]
 
-    def snapshot_rows(self, run_id: UUID) -> Iterator[StoredEvent]:
-        """A run's stored snapshots, oldest first, undecoded (so a bad one can be named)."""
+    def snapshot_versions(self, run_id: UUID) -> list[int]:
+        """The versions at which the run has a snapshot, oldest first."""
         if self.snapshots is None:
-            return iter(())
-        return iter(self.snapshots.recorder.select_events(run_id))
+            return []
+        rows = self._fetch(
+            f"SELECT originator_version FROM {self.dialect.snapshots_table} WHERE "
+            f"originator_id = {self.dialect.run_id_param()} ORDER BY originator_version",
+            (self.dialect.run_id_value(run_id),))
+        return [int(r[0]) for r in rows]
+
+    def snapshot_row(self, run_id: UUID, version: int) -> StoredEvent | None:
+        """The run's snapshot at `version`, undecoded (so a bad one can be named)."""
+        if self.snapshots is None:
+            return None
+        found = self.snapshots.recorder.select_events(run_id, gt=version - 1, lte=version)
+        return found[0] if found else None
 
     def replay_events(self, run_id: UUID) -> Iterator[WorkflowRun]:
         """The run after each of its events in turn, folded from the log alone (no snapshot),

@@ -22,7 +22,7 @@ from engine.audit.export import has_events, write_export
 from engine.audit.fork import fork_run
 from engine.audit.replay_check import CheckResult, check_run
 from engine.audit.time_travel import describe, state_at, version_at
-from engine.audit.verify import read_anchors
+from engine.audit.verify import Snapshots, read_anchors
 from engine.audit.verify import verify as verify_log
 from engine.errors import RunNotFoundError, WorkflowNotFoundError
 from stepstone import output
@@ -186,10 +186,16 @@ def _drive(engine: Engine, run_id: UUID, as_json: bool, drive: Any) -> None:
 @click.option("--anchors", type=click.Path(exists=True, dir_okay=False),
               help="Heads saved earlier (the JSON Lines of `verify --json`): checks that no "
                    "chain was rewritten or cut short since.")
+@click.option("--snapshots", type=click.Choice(["latest", "all", "none"]), default="latest",
+              show_default=True,
+              help="Snapshots to check against their run's events: each run's latest (the one "
+                   "loads trust), all (older ones serve time travel), or none (chains only, "
+                   "fastest: checking a snapshot costs a replay of its run).")
 @store_options
-def verify(run_id: str | None, anchors: str | None, database_url: str | None,
-           as_json: bool) -> None:
-    """Check the hash chain of one run, or of the whole log, and name the first bad event."""
+def verify(run_id: str | None, anchors: str | None, snapshots: Snapshots,
+           database_url: str | None, as_json: bool) -> None:
+    """Check the hash chains of one run, or of the whole log, and its snapshots; name the
+    first bad event."""
     rid = parse_run_id(run_id) if run_id else None
     anchor_map = None
     if anchors:
@@ -210,7 +216,8 @@ def verify(run_id: str | None, anchors: str | None, database_url: str | None,
             def advance(n: int) -> None:
                 bar.update(n)
 
-            report = verify_log(engine.store, rid, anchors=anchor_map, progress=advance)
+            report = verify_log(engine.store, rid, anchors=anchor_map, progress=advance,
+                                snapshots=snapshots)
     if as_json:
         for head in report.heads:
             output.emit_json({"run_id": head.run_id, "version": head.version, "hash": head.hash})

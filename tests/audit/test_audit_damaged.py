@@ -189,3 +189,22 @@ def test_a_run_with_a_hole_is_not_driven_further(store_url: str) -> None:
         assert engine.leases.claim("any-worker", None, 10, 30.0) == []
         other = engine.run(chain_of, {"n": 2}, key="c")
         assert other.status is RunStatus.COMPLETED
+
+
+def test_verify_checks_older_snapshots_when_asked_and_chains_alone_when_told(
+    store_url: str,
+) -> None:
+    a, _ = two_runs(store_url)
+    with Engine.from_url(store_url) as engine:
+        first = snapshot_versions(engine, a)[0]
+        assert first != snapshot_versions(engine, a)[-1]
+        doc = orjson.loads(read_snapshot(engine, a, first))
+        doc["state"]["output"] = "edited"
+        write_snapshot(engine, a, first, orjson.dumps(doc))
+        assert verify(engine.store, a).ok  # the latest one, which loads trust, is intact
+        report = verify(engine.store, a, snapshots="all")
+        assert [(p.run_id, p.version) for p in report.problems] == [(a, first)]
+        assert verify(engine.store, snapshots="none").ok
+    code, _, err = cli(store_url, "verify", "--snapshots", "all")
+    assert code == 1
+    assert f"the snapshot at version {first}" in err
