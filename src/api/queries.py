@@ -258,7 +258,7 @@ class Reads:
             originator_id=run_id, originator_version=version, topic=topic, state=state
         )
         event: RunEvent = self.mapper.to_domain_event(stored)
-        entry = HistoryEntry.of(int(position), event)
+        entry = HistoryEntry.of(int(position), event, summarize=False)
         return m.Event(
             position=entry.position,
             version=entry.version,

@@ -120,7 +120,9 @@ class HistoryEntry:
     """The event's class: test it (`entry.kind is StepStarted`) rather than its name."""
 
     @classmethod
-    def of(cls, position: int, event: RunEvent) -> HistoryEntry:
+    def of(cls, position: int, event: RunEvent, *, summarize: bool = True) -> HistoryEntry:
+        """The entry of one event; `summarize=False` skips its summary (readers that show
+        only the fields, like the API, save formatting every event)."""
         return cls(
             position=position,
             version=event.originator_version,
@@ -130,6 +132,6 @@ class HistoryEntry:
             fields=event.model_dump(mode="json", exclude=_ENVELOPE),
             hash=event.hash,
             prev_hash=event.prev_hash,
-            summary=event.summary(),
+            summary=event.summary() if summarize else "",
             kind=type(event),
         )
