@@ -162,7 +162,11 @@ def test_database_restart_while_workers_run_loses_and_duplicates_nothing(
             for i, run_id in enumerate(ids):
                 assert engine.result(run_id) == workerwf.expected_chain(f"d{i}", steps)
             logs = "".join(p.log() for p in procs)
-            assert "heartbeat failed" in logs  # the workers did see the outage
+            # The workers did see the outage: a heartbeat or a claim that failed, an index
+            # connection replaced, or a save that failed and was retried from the log.
+            signs = ("heartbeat failed", "connection was lost", "store unreachable",
+                     "a save failed or may have failed")
+            assert any(sign in logs for sign in signs), logs[-3000:]
         effects, executions = _executions(db)
     assert len(effects) == runs * steps
     assert set(effects.values()) == {1}
