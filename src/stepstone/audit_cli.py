@@ -226,8 +226,10 @@ def verify(run_id: str | None, anchors: str | None, snapshots: Snapshots,
                    err=True)
     first = report.first
     if first is None:
+        checked = {"latest": " and the latest snapshots match their events",
+                   "all": " and every snapshot matches its events", "none": ""}[snapshots]
         click.echo(f"verified {report.events} events of {len(report.heads)} runs: the hash "
-                   "chains are intact", err=True)
+                   f"chains are intact{checked}", err=True)
         return
     click.echo(f"TAMPERED: first bad event at {first}", err=True)
     for p in sorted(report.problems, key=lambda p: p.position):
