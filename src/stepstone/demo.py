@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine import RetryPolicy, step, step_context, workflow
+from engine.workers.leases import process_alive
 
 _CURRENCIES = {"EUR": Decimal("1"), "USD": Decimal("0.9213"), "GBP": Decimal("1.1642"),
                "CHF": Decimal("1.0457"), "JPY": Decimal("0.006127"), "SEK": Decimal("0.08731")}
@@ -36,18 +37,8 @@ def _remove_stale_temps(workdir: Path) -> None:
     prefix = f".tmp-{socket.gethostname()}-"
     for tmp in workdir.glob(f"input-*{prefix}*"):
         pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @step

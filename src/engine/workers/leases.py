@@ -297,7 +297,8 @@ class LeaseStore:
                 holder, expires, host, pid = rows[0]
                 live = holder is not None and expires is not None and expires > now
                 if live and (holder != owner or pid != os.getpid()) \
-                        and not (host == _HOST and pid is not None and not _alive(int(pid))):
+                        and not (host == _HOST and pid is not None
+                                 and not process_alive(int(pid))):
                     return str(holder)
             else:  # started before the index existed, or its row was lost: add it
                 cur.execute(
@@ -436,7 +437,9 @@ class LeaseStore:
         return self._call(do)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (a lease's local holder, a
+    demo's half-written input)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
