@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from engine.driver import utc_now
-from engine.errors import StoreUnavailableError
+from engine.errors import StoreUnavailableError, StoreWriteError
 from engine.logcontext import get_logger
 from engine.preemption import PreemptionToken
 
@@ -46,9 +46,11 @@ class StoreFaults:
         self.delay_s = min(max(self.delay_s * 2, 0.2), 5.0)
         if self.token.requested or now + self.delay_s - self.first > self.budget_s:
             return False
+        what = ("a save failed or may have failed" if isinstance(error, StoreWriteError)
+                else "the store could not be read")  # a reload that failed in turn
         log.warning(
-            "run %s: a save failed or may have failed (%s); nothing more is written from "
-            "that copy. Reloading it from the log in %.1fs", run_id, error.reason, self.delay_s,
+            "run %s: %s (%s); nothing more is written from that copy. Reloading it from the "
+            "log in %.1fs", run_id, what, error.reason, self.delay_s,
         )
         return not self.token.wait(self.delay_s)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from uuid import UUID
 
 from engine.storage.location import StoreLocation
 
@@ -81,7 +82,5 @@ class Dialect:
 
     def run_id_value(self, run_id: object) -> object:
         """A run id as the log's originator_id column holds it."""
-        from uuid import UUID
-
         rid = run_id if isinstance(run_id, UUID) else UUID(str(run_id))
         return rid.hex if self.is_sqlite else str(rid)
