@@ -67,9 +67,15 @@ def cancel(engine: Engine, run_id: UUID, *, reason: str, by: str | None = None,
     request = pending or request_cancel(
         leases, run_id, CancelRequest(by or default_requester(), reason, datetime.now(UTC))
     )
-    owner = engine.settings.worker_id
-    holder = leases.claim_run(run_id, owner, engine.settings.lease_duration_s,
-                              workflow=run.state.workflow, queue=run.state.queue)
+    keeper = engine.driving()
+    if keeper is not None and run_id in keeper.held():
+        # This very engine drives it (another thread of the embedding application): its
+        # driver learns of the cancel at once, without waiting for the poll.
+        keeper.note_cancel(run_id, request)
+        holder: str | None = engine.settings.worker_id
+    else:
+        holder = leases.claim_run(run_id, _canceller(engine), engine.settings.lease_duration_s,
+                                  workflow=run.state.workflow, queue=run.state.queue)
     if holder is None:  # nobody live holds it (pending, waiting, its holder died): record it
         return _cancel_held(engine, run_id, request)
     if pending is not None:
@@ -84,9 +90,15 @@ def cancel(engine: Engine, run_id: UUID, *, reason: str, by: str | None = None,
     return CancelOutcome(run_id, engine.status(run_id).status, holder, request)
 
 
+def _canceller(engine: Engine) -> str:
+    """The lease owner a cancel claims as: never this process's drivers' own name, so a run
+    another engine of this process drives counts as held, not as ours to take."""
+    return f"{engine.settings.worker_id}/cancel"
+
+
 def _cancel_held(engine: Engine, run_id: UUID, request: CancelRequest) -> CancelOutcome:
     """Record the cancel under the lease this process just took; hand the run back ended."""
-    owner = engine.settings.worker_id
+    owner = _canceller(engine)
     leases = engine.leases
     try:
         for _ in range(3):

@@ -127,6 +127,10 @@ class Engine(RunReads):
             self._keeper.start()
         return self._keeper
 
+    def driving(self) -> LeaseKeeper | None:
+        """The keeper of the leases this engine holds, if it has driven anything."""
+        return self._keeper
+
     def register(self, *workflows: Workflow[..., Any]) -> None:
         for wf in workflows:
             if not isinstance(wf, Workflow):
