@@ -195,6 +195,9 @@ class StatusInfo(_Model):
 
     name: RunStatus
     terminal: bool = Field(description="nothing follows the event that ends a run in it")
+    observed: bool = Field(
+        False, description="no event records it: the API reads it off the run's lease at "
+        "that moment (`interrupted`: the log says running, no live process holds the run)")
 
 
 class EventInfo(_Model):

@@ -21,7 +21,7 @@ from engine.errors import (
     WorkflowFailedError,
 )
 from engine.identity import input_digest
-from engine.liveness import Lease, observe
+from engine.liveness import Lease, holder_alive, observe
 from engine.logcontext import get_logger
 from engine.results import HistoryEntry, Placement, RunInfo
 from engine.status import RunStatus
@@ -29,7 +29,7 @@ from engine.store import RunStore
 from engine.workers.leases import READY
 
 if TYPE_CHECKING:
-    from engine.workers.leases import LeaseStore
+    from engine.workers.leases import LeaseStore, QueueRow
 
 log = get_logger("stepstone.engine")
 
@@ -50,21 +50,17 @@ class RunReads:
 
     def _info(self, run: WorkflowRun) -> RunInfo:
         row = self.leases.row(run.id)
-        lease = None if row is None else Lease(
-            row.lease_owner, row.lease_expires_at, row.owner_host, row.owner_pid,
-            row.heartbeat_at,
-        )
+        lease = None if row is None else _lease(row)
         seen = observe(run.status, run.modified_on, lease, self.leases.clock())
         return RunInfo.of(run, liveness=seen)
 
     def placement(self, run_id: UUID) -> Placement | None:
         """The run's row in the runnable index, its lease judged live or not at this moment
-        on the store's clock; None if the run has no row (yet)."""
+        (engine.liveness); None if the run has no row (yet)."""
         row = self.leases.row(run_id)
         if row is None:
             return None
-        now = self.leases.clock()
-        held = row.lease_expires_at is not None and row.lease_expires_at > now
+        held = holder_alive(_lease(row), self.leases.clock())
         return Placement(
             queue=row.queue,
             state="leased" if held and row.state == READY else row.state,
@@ -132,3 +128,7 @@ class RunReads:
             and not run.status.is_terminal
         ]
 
+
+def _lease(row: QueueRow) -> Lease:
+    return Lease(row.lease_owner, row.lease_expires_at, row.owner_host, row.owner_pid,
+                 row.heartbeat_at)

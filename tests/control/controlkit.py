@@ -61,7 +61,8 @@ def check_cancelled(engine: Engine, run_id: UUID, reason: str) -> list[HistoryEn
     last = history[-1]
     assert last.event_type == "RunCancelled"
     assert last.fields["reason"] == reason
-    assert "@" in last.fields["by"] and last.fields["requested_at"] is not None
+    assert "@" in last.fields["by"]
+    assert last.fields["requested_at"] is not None
     started = {e.fields["step_key"] for e in history if e.event_type == "StepStarted"}
     ended = {e.fields["step_key"] for e in history
              if e.event_type in ("StepCompleted", "StepFailed", "StepPreempted")}

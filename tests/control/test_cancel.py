@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import pytest
 from controlkit import (
     check_cancelled,
     checkpoints,
@@ -67,7 +66,8 @@ def test_a_run_is_cancelled_mid_step_with_its_progress_saved(
     assert [e.event_type for e in history[-2:]] == ["StepPreempted", "RunCancelled"]
     saved = max(e.fields["sequence"] for e in history if e.event_type == "StepCheckpointed")
     done = effects(db)
-    assert done and max(at for _, _, at in done) <= cancelled_at  # nothing after the cancel
+    assert done
+    assert max(at for _, _, at in done) <= cancelled_at
     assert len(done) == saved  # every effect is covered by the checkpoint the cancel saved
 
 
@@ -126,7 +126,8 @@ def test_a_pending_run_and_a_suspended_one_are_cancelled_at_once(store_url: str)
     with engine_for(store_url) as engine:
         pending = engine.start(controlwf.napper, {"seconds": 3600})
         outcome = engine.cancel(pending, reason="changed my mind")
-        assert outcome.status is RunStatus.CANCELLED and outcome.holder is None
+        assert outcome.status is RunStatus.CANCELLED
+        assert outcome.holder is None
         check_cancelled(engine, pending, "changed my mind")
         assert [e.event_type for e in engine.history(pending)] == ["RunStarted", "RunCancelled"]
         assert engine.placement(pending).state == DONE
@@ -212,7 +213,8 @@ def test_asking_wrongly_is_one_line_and_exit_2_with_nothing_written(
         r = cli("cancel", *args, "--db", store_url)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+        assert len(lines) == 1, (args, r.stderr)
+        assert message in lines[0], (args, r.stderr)
     assert _head(store_url) == before
     # Twice: the second ask while a live holder has yet to honour the first.
     key = f"k-{uuid4()}"
@@ -223,10 +225,12 @@ def test_asking_wrongly_is_one_line_and_exit_2_with_nothing_written(
     with engine_for(store_url) as engine:
         wait_until(lambda: _started_step(engine, run_id), "the first step to start")
         first = cli("cancel", str(run_id), "--wait", "0", "--db", store_url)
-        assert first.returncode == 0 and "cancel requested" in first.stdout, first.stderr
+        assert first.returncode == 0, first.stderr
+        assert "cancel requested" in first.stdout
         version = engine.store.load(run_id).version
         second = cli("cancel", str(run_id), "--db", store_url)
-        assert second.returncode == 2 and "already requested" in second.stderr, second.stderr
+        assert second.returncode == 2, second.stderr
+        assert "already requested" in second.stderr
         assert engine.store.load(run_id).version == version
     assert procs.finish(proc, timeout=60) == EXIT_STOPPED
 
