@@ -33,6 +33,7 @@ from engine.errors import (
 from engine.events import ResumeReason
 from engine.logcontext import bound, get_logger
 from engine.results import RunResult
+from engine.status import STOPPED, RunStatus
 from engine.storage import listen
 from engine.workers.leases import PARKED, READY, Claim, queue_scope
 
@@ -57,6 +58,7 @@ class WorkerStats:
     failed: int = 0
     waiting: int = 0
     preempted: int = 0
+    stopped: int = 0  # cancelled, or timed out at its deadline
     abandoned: int = 0
     parked: int = 0
     errors: int = 0
@@ -135,9 +137,10 @@ class Worker:
         s = self.stats
         log.info(
             "worker %s stopped: %d claimed (%d taken over), %d completed, %d failed, "
-            "%d waiting, %d preempted, %d abandoned, %d parked, %d errors",
+            "%d waiting, %d preempted, %d cancelled or timed out, %d abandoned, %d parked, "
+            "%d errors",
             self.worker_id, s.claimed, s.taken_over, s.completed, s.failed, s.waiting,
-            s.preempted, s.abandoned, s.parked, s.errors,
+            s.preempted, s.stopped, s.abandoned, s.parked, s.errors,
         )
         return s
 
@@ -252,15 +255,17 @@ class Worker:
         self._count(result)
 
     def _count(self, result: RunResult) -> None:
-        status = result.status.value
+        status = result.status
         if result.resume_at is not None:
             self.stats.waiting += 1
-        elif status == "completed":
+        elif status is RunStatus.COMPLETED:
             self.stats.completed += 1
-        elif status == "failed":
+        elif status is RunStatus.FAILED:
             self.stats.failed += 1
-        elif status == "preempted":
+        elif status is RunStatus.PREEMPTED:
             self.stats.preempted += 1
+        elif status in STOPPED:
+            self.stats.stopped += 1
 
     def _drain(self, pool: ThreadPoolExecutor) -> None:
         futures = list(self._in_flight.values())
