@@ -467,8 +467,8 @@ class RunDriver:
     def _abandon_attempt(self, step: Step[..., Any], ctx: StepContext) -> BaseException:
         """The driver stops waiting for an attempt past its bound: what to record instead."""
         with self._lock:
+            self._flush_checkpoint(ctx.step_key)  # what it reached before its bound is kept
             ctx.abandoned = True  # its thread writes nothing more
-        self._pending_checkpoints.pop(ctx.step_key, None)
         deadline = self.run.state.deadline
         if deadline is not None and self.clock() >= deadline:
             return DeadlinePassed(deadline, ctx.step_key)
@@ -522,8 +522,6 @@ class RunDriver:
         return isinstance(self.stop_pending(), (Cancelled, DeadlinePassed))
 
     def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
-        if ctx.abandoned:
-            raise AttemptAbandoned(ctx.step_key)
         try:
             encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
         except EngineError as e:  # not the step's failure: the run stays resumable
@@ -533,7 +531,10 @@ class RunDriver:
         now = time.monotonic()
         last = self._last_checkpoint_at.get(ctx.step_key, 0.0)
         throttled = now - last < self.checkpoint_min_interval_s
-        self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
+        with self._lock:  # an abandoned attempt's thread must not leave one behind
+            if ctx.abandoned:
+                raise AttemptAbandoned(ctx.step_key)
+            self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
         TRACER.event("checkpoint", {"stepstone.sequence": ctx.checkpoint_sequence})
         stop = self.stop_pending(ctx.step_key)
         overdue = ctx.timeout_at is not None and time.monotonic() >= ctx.timeout_at
@@ -556,7 +557,7 @@ class RunDriver:
 
     def _flush_checkpoint(self, key: str) -> None:
         cp = self._pending_checkpoints.pop(key, None)
-        if cp is None:
+        if cp is None or cp.ctx.abandoned:
             return
         self.record(
             self.run.checkpoint_step, cp.ctx.step_key, cp.ctx.attempt,
