@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from engine.aggregate import WorkflowRun
+from engine.audit.history import iter_history
 from engine.audit.parking import park
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
@@ -419,7 +420,13 @@ class Engine:
         raise RunNotFinishedError(f"run {run_id} is {run.status.value}; resume it to finish it")
 
     def history(self, run_id: UUID) -> list[HistoryEntry]:
+        """The whole history as a list; `iter_history` streams it in constant memory."""
         return [HistoryEntry.of(pos, e) for pos, e in self.store.events_with_positions(run_id)]
+
+    def iter_history(self, run_id: UUID, **options: Any) -> Iterator[HistoryEntry]:
+        """The run's events one page at a time, with `after`, `limit`, `tail`, `types` and
+        `follow` (see `engine.audit.history.iter_history`)."""
+        return iter_history(self.store, run_id, **options)
 
     def runs(self, *, limit: int | None = None) -> list[RunInfo]:
         """Runs in start order (newest last); the last `limit` of them if given."""
