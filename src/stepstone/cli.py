@@ -32,7 +32,7 @@ from engine import (
     load_workflow,
     signals_request_preemption,
 )
-from stepstone import audit_cli, history_cli, output
+from stepstone import audit_cli, history_cli, output, retention_cli
 from stepstone.chaos_cli import chaos
 from stepstone.common import (
     EXIT_FAILED,
@@ -255,3 +255,6 @@ main.add_command(audit_cli.replay)
 main.add_command(audit_cli.fork)
 main.add_command(audit_cli.verify)
 main.add_command(chaos)
+# Retention (docs/operations.md): stepstone prune / import.
+main.add_command(retention_cli.prune_cmd)
+main.add_command(retention_cli.import_cmd)
