@@ -79,6 +79,20 @@ class LogReader:
         return [StoredRow(int(p), run_id, int(v), t, bytes(s))
                 for p, v, t, s in self._fetch(sql, params)]
 
+    def run_events_before(self, run_id: UUID, before_version: int, *, limit: int = PAGE,
+                          topics: Sequence[str] = ()) -> list[StoredRow]:
+        """Up to `limit` of the run's events before `before_version`, the newest of them, in
+        version order (a page backwards: the newest events of a run, or those before a page)."""
+        d = self.dialect
+        sql = (f"SELECT {d.position}, originator_version, topic, state FROM {d.events_table} "
+               f"WHERE originator_id = {d.run_id_param()} AND originator_version < ?")
+        params: list[object] = [d.run_id_value(run_id), before_version]
+        if topics:
+            sql += f" AND topic IN ({', '.join('?' * len(topics))})"
+            params.extend(topics)
+        rows = self._fetch(sql + " ORDER BY originator_version DESC LIMIT ?", [*params, limit])
+        return [StoredRow(int(p), run_id, int(v), t, bytes(s)) for p, v, t, s in rows[::-1]]
+
     def last_event(self, run_id: UUID) -> StoredRow | None:
         """The run's newest event (one indexed read, whatever the run's size)."""
         rows = self._fetch(self._last, (self.dialect.run_id_value(run_id),))
