@@ -219,3 +219,40 @@ def test_a_tampered_archive_fails_verification_and_import(store_url: str,
 
 def test_every_view_says_how_it_forgets_a_run() -> None:
     assert set(FORGETTERS) == set(VIEW_CLASSES.values())
+
+
+def test_the_settings_policy_prunes_with_an_archive(store_url: str, tmp_path: Path) -> None:
+    from engine import Engine, Settings
+    from stepstone.retention_loop import prune_once
+
+    store = open_store(store_url)
+    sims = random_runs(store, 20, 12, seed=17)
+    finished = {s.run.id for s in sims if s.run.status.is_terminal}
+    settings = Settings(database_url=store_url, retention_finished_after_s=86400,
+                        retention_archive_dir=str(tmp_path))
+    with Engine(settings) as engine:
+        prune_once(engine)
+    assert len(run_ids(store) & finished) <= 1  # SQLite keeps the newest position's run
+    (archive,) = tmp_path.glob("stepstone-*.jsonl.gz")
+    code, _, err = invoke("verify", "--archive", str(archive))
+    assert code == 0, err
+    store.close()
+
+
+def test_a_following_projector_applies_the_policy_on_its_period(
+    store_url: str, procs: Any, tmp_path: Path
+) -> None:
+    import signal
+    import sys
+
+    store = open_store(store_url)
+    sims = random_runs(store, 20, 12, seed=18)
+    finished = {s.run.id for s in sims if s.run.status.is_terminal}
+    procs._env.update(STEPSTONE_RETENTION_FINISHED_AFTER_S="86400",
+                      STEPSTONE_RETENTION_INTERVAL_S="0.2")
+    proc = procs.spawn([sys.executable, "-m", "stepstone", "projections", "run", "--db",
+                        store_url])
+    wait_until(lambda: len(run_ids(store) & finished) <= 1, "the projector to prune")
+    proc.send_signal(signal.SIGTERM)
+    assert procs.finish(proc) == 0, procs.output(proc)
+    store.close()
