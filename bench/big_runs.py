@@ -7,7 +7,8 @@ its peak RSS (the child's own `ru_maxrss`, from `wait4`):
 
 - `stepstone history RUN --json`, and `stepstone history RUN` (the readable timeline);
 - `stepstone export --run RUN`;
-- in-process, the time to `iter_history`'s first entry (without Python's start-up);
+- in-process, the time to `iter_history`'s first entry (without Python's start-up), and
+  `stepstone --version`: the CLI's start-up alone, the floor of every first line;
 - beside them, the peer: the list-building `Engine.history(run)` (what `history` did before
   it streamed; skip it with `--skip-peer`, it needs a few GB at a million events), and the
   physical limit: the run's raw rows read a page at a time, nothing decoded.
@@ -20,7 +21,7 @@ to a gzip file: the floor of an archiving prune), and the archive's bytes per ev
 SQLite in a temp dir; PostgreSQL in a scratch schema, dropped at the end.
 
     python bench/big_runs.py [--events N] [--runs N] [--run-events N] [--skip-peer]
-        [--postgres-url URL] [--skip-postgres] [--skip-sqlite]
+        [--skip-history] [--postgres-url URL] [--skip-postgres] [--skip-sqlite]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import psycopg
 from engine.audit.history import iter_history
 from engine.storage import parse_store_url
 from engine.store import RunStore
+from projections import catch_up
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import build_long_run
@@ -65,6 +67,7 @@ from uuid import UUID
 from engine.audit.history import iter_history
 from engine.storage import parse_store_url
 from engine.store import RunStore
+from projections import catch_up
 store = RunStore(parse_store_url(sys.argv[1]))
 n = 0
 for row in store.reader.iter_run(UUID(sys.argv[2])):
@@ -125,6 +128,7 @@ def bench_history(name: str, url: str, args: argparse.Namespace) -> None:
     store.close()
     print(f"  in-process: iter_history's first entry after {first * 1000:.1f} ms (the CLI's "
           "figures below include starting Python and importing Stepstone)", flush=True)
+    show("startup floor: stepstone --version", measure(stepstone("--version")), args.events)
     show("history --json", measure(stepstone("history", rid, "--json", "--db", url)),
          args.events)
     show("history (timeline)", measure(stepstone("history", rid, "--db", url)), args.events)
@@ -143,6 +147,10 @@ def bench_prune(name: str, url: str, args: argparse.Namespace, tmp: Path) -> Non
         build_long_run(store, args.run_events, at=old + timedelta(seconds=i))
     build_long_run(store, 4, finish=False)  # newest, unfinished: every old run is prunable
     store.close()
+    t0 = time.perf_counter()
+    catch_up(url)  # as a following projector would have: the prune's own catch-up is a no-op
+    print(f"{name}: views caught up with {args.runs * args.run_events:,} events in "
+          f"{time.perf_counter() - t0:.1f} s (not counted below)", flush=True)
     events = args.runs * args.run_events
     export_path = tmp / f"{name}-export.jsonl.gz"
     t0 = time.perf_counter()
@@ -187,6 +195,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2_000)
     parser.add_argument("--run-events", type=int, default=100)
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--skip-history", action="store_true", help="only the prune part")
     parser.add_argument("--postgres-url", default=DEFAULT_PG_URL)
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
@@ -200,8 +209,9 @@ def main() -> None:
         if not args.skip_postgres:
             stores.append(("postgres", lambda: postgres_store(args.postgres_url)))
         for name, make in stores:
-            with make() as url:
-                bench_history(name, url, args)
+            if not args.skip_history:
+                with make() as url:
+                    bench_history(name, url, args)
             with make() as url:
                 bench_prune(name, url, args, tmp)
 

@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
+
 from engine.errors import DamagedLogError, UnknownEventError
+from engine.events import RunEvent
 from engine.logcontext import get_logger
-from engine.status import TERMINAL, RunStatus
+from engine.status import TERMINAL, RunStatus, status_after
 from engine.store import RunStore
 
 log = get_logger("stepstone.retention")
@@ -78,23 +81,33 @@ class Candidate:
 
 
 def candidates(store: RunStore, policy: Policy) -> Iterator[Candidate]:
-    """The runs the policy removes, oldest first (each run loaded once, from its snapshot)."""
+    """The runs the policy removes, oldest first.
+
+    A finished run's last event is the one that finished it (nothing may follow a terminal
+    event), so each run costs one indexed read of its last event, whatever its size: its
+    class gives the status, its timestamp the time the run finished.
+    """
     for started in store.started():
         if started.timestamp >= policy.finished_before:
             continue
         if policy.workflow is not None and started.workflow != policy.workflow:
             continue
+        last = store.reader.last_event(started.originator_id)
+        if last is None:
+            continue
         try:
-            run = store.load(started.originator_id)
+            event = cast(RunEvent, store.mapper.to_domain_event(StoredEvent(
+                originator_id=last.run_id, originator_version=last.version, topic=last.topic,
+                state=last.state)))
         except (DamagedLogError, UnknownEventError) as e:
-            log.warning("keeping run %s: its log does not read (%s)", started.originator_id, e)
+            log.warning("keeping run %s: its last event does not read (%s)", last.run_id, e)
             continue
-        if run.status not in policy.statuses or run.modified_on >= policy.finished_before:
+        status = status_after(type(event))
+        if status is None or status not in policy.statuses:
             continue
-        last = store.reader.last_event(run.id)
-        if last is None or last.version != run.version:
-            continue  # it moved on while we looked: not finished after all
-        yield Candidate(run.id, started.workflow, run.status, run.modified_on, run.version,
+        if event.timestamp >= policy.finished_before:
+            continue
+        yield Candidate(last.run_id, started.workflow, status, event.timestamp, last.version,
                         last.position)
 
 
