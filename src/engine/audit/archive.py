@@ -12,10 +12,11 @@ JSON) and any tool reads it (`zcat FILE | jq`).
 from __future__ import annotations
 
 import gzip
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from uuid import UUID
 
 import orjson
@@ -53,7 +54,9 @@ def open_archive(path: str | Path, mode: str = "rb", *, named: str | Path | None
     if "w" in mode or "x" in mode:
         if str(named or path).endswith(".jsonl"):
             return open(path, mode)
-        return gzip.open(path, mode, compresslevel=6)  # type: ignore[return-value]
+        # Buffered: gzip's own write costs a call into zlib per line otherwise.
+        raw = cast(io.RawIOBase, gzip.open(path, mode, compresslevel=6))  # noqa: SIM115
+        return io.BufferedWriter(raw, 1 << 20)
     with open(path, "rb") as probe:
         zipped = probe.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if zipped else open(path, "rb")  # type: ignore[return-value]
