@@ -22,10 +22,11 @@ T = datetime(2026, 1, 1, tzinfo=UTC)
 W = "w"
 
 
-def started() -> WorkflowRun:
+def started(deadline: datetime | None = None) -> WorkflowRun:
     return WorkflowRun.start(
         uuid.uuid4(), at=T, worker=W, workflow="wf", workflow_version=1, entrypoint="m:wf",
         code_fingerprint="f", input={"n": 1}, input_digest="d", idempotency_key=None,
+        deadline=deadline,
     )
 
 
@@ -122,6 +123,13 @@ CASES: dict[type[ev.RunEvent], Case] = {
         lambda r: (r.status is RunStatus.CANCELLED and r.state.last_reason == "ops: not needed")
         or pytest.fail("cancelled"),
     ),
+    ev.RunTimedOut: (
+        lambda: running_step(started(deadline=T + timedelta(hours=1))),
+        lambda r: r.time_out("a#0", at=T, worker=W),
+        lambda r: (r.status is RunStatus.TIMED_OUT and r.state.deadline is not None
+                   and r.state.last_reason is not None and "deadline" in r.state.last_reason)
+        or pytest.fail("timed out"),
+    ),
     ev.PatchMarked: (
         started,
         lambda r: r.mark_patch("fix-1", at=T, worker=W),
@@ -176,6 +184,7 @@ TERMINATORS = {
     "completed": lambda r: r.complete(1, at=T, worker=W),
     "failed": lambda r: r.fail("E", "m", None, at=T, worker=W),
     "cancelled": lambda r: r.cancel("ops", "why", at=T, worker=W),
+    "timed_out": lambda r: r.time_out(None, at=T, worker=W),
 }
 
 
@@ -185,6 +194,8 @@ TERMINATORS = {
 def test_nothing_follows_a_terminal_event(end: str, event_class: type[ev.RunEvent]) -> None:
     make, command, _ = CASES[event_class]
     run = make()
+    if run.state.deadline is None:
+        run.state.deadline = T  # only a run with a deadline can pass it
     TERMINATORS[end](run)
     version = run.version
     with pytest.raises(RunCommandError, match="nothing may follow its end"):
@@ -233,3 +244,25 @@ def test_events_chain_their_hashes() -> None:
     assert events[0].prev_hash is None
     for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash
+
+
+@pytest.mark.parametrize("end", TERMINATORS)
+def test_only_a_cancelled_or_timed_out_run_is_reopened_and_only_by_force(end: str) -> None:
+    run = running_step(started(deadline=T))
+    TERMINATORS[end](run)
+    with pytest.raises(RunCommandError):
+        run.resume(ev.ResumeReason.CRASH_RECOVERY, at=T, worker=W)
+    if run.status in (RunStatus.COMPLETED, RunStatus.FAILED):
+        with pytest.raises(RunCommandError, match="only a cancelled or timed-out run"):
+            run.resume(ev.ResumeReason.FORCED, at=T, worker=W)
+        return
+    run.resume(ev.ResumeReason.FORCED, at=T, worker=W)
+    assert run.status is RunStatus.RUNNING
+    assert run.state.deadline is None  # the deadline that ended it no longer applies
+    run.start_step("a#0", "a", 2, at=T, worker=W)  # the run goes on from its log
+
+
+def test_a_forced_resume_of_a_running_run_is_refused() -> None:
+    run = running_step(started())
+    with pytest.raises(RunCommandError, match="only a cancelled or timed-out run"):
+        run.resume(ev.ResumeReason.FORCED, at=T, worker=W)

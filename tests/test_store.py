@@ -89,7 +89,9 @@ def test_a_stale_writer_is_fenced_off(engine: Engine) -> None:
         engine.store.save_run(mine)
     history = engine.history(run_id)
     assert [h.worker_id for h in history] == ["test-worker", "b"]
-    assert engine.status(run_id).status is RunStatus.RUNNING
+    assert engine.store.load(run_id).status is RunStatus.RUNNING  # as the log says
+    # ...though nobody holds its lease: a reader is told it is interrupted.
+    assert engine.status(run_id).status is RunStatus.INTERRUPTED
 
 
 def test_unknown_run_id(engine: Engine) -> None:

@@ -31,7 +31,7 @@ from api.queries import (
 from api.settings import ApiSettings
 from engine import Settings
 from engine import events as ev
-from engine.status import STATUS_AFTER, TERMINAL, RunStatus
+from engine.status import OBSERVED, RECORDED, STATUS_AFTER, TERMINAL, RunStatus
 from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.workers.metrics import WorkerMetrics
@@ -59,9 +59,10 @@ def test_the_views_follow_every_status() -> None:
     # The runs view takes each status from the engine's table; the statistics count each.
     assert set(STATUS_AFTER) <= VIEW_CLASSES["runs"].handles
     assert set(STATUS_AFTER) <= VIEW_CLASSES["workflow_stats"].handles
-    assert list(STATUSES) == STATUS_NAMES
-    assert set(STATUS_NAMES) <= set(VIEW_TABLES["workflow_stats"].column_names)
-    assert set(RunStatus) == set(STATUS_AFTER.values()), "a status no event leads to"
+    assert list(STATUSES) == [s.value for s in RECORDED]
+    assert set(STATUSES) <= set(VIEW_TABLES["workflow_stats"].column_names)
+    assert set(RECORDED) == set(STATUS_AFTER.values()), "a status no event leads to"
+    assert set(RunStatus) == set(RECORDED) | OBSERVED
 
 
 # Every event also stamps the run's row with its time, worker and position: that is not a case.
@@ -114,7 +115,8 @@ def test_the_api_reads_view_columns_by_name() -> None:
     row zips with every field of `Run`, in its order."""
     assert set(RUN_COLUMNS) <= set(VIEW_TABLES["runs"].column_names)
     assert set(Run.model_fields) - set(RUN_COLUMNS) == {"steps_expected", "progress",
-                                                        "last_error"}
+                                                        "last_error", "held_by",
+                                                        "last_seen_at"}
     row = [None] * (len(Run.model_fields) + 5)
     assert list(run_fields(row)) == list(Run.model_fields)
     for model, view, columns in ((StepAttempt, "step_attempts", ATTEMPT_COLUMNS),
@@ -138,16 +140,19 @@ def test_the_api_status_enum_is_the_engines(client: TestClient) -> None:
     assert Run.model_fields["status"].annotation is RunStatus
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["RunStatus"]["enum"] == STATUS_NAMES
-    assert [f for f in WorkflowStats.model_fields if f in STATUS_NAMES] == STATUS_NAMES
+    assert [f for f in WorkflowStats.model_fields if f in STATUS_NAMES] == list(STATUSES)
 
 
 def test_the_api_metrics_count_runs_in_every_status() -> None:
-    counts = {status: i + 1 for i, status in enumerate(STATUS_NAMES)}
+    counts = {status: i + 2 for i, status in enumerate(STATUSES)}
 
     class Reads:
         def workflow_stats(self) -> list[WorkflowStats]:
             return [WorkflowStats(workflow="wf", runs=sum(counts.values()), **counts,
                                   duration_p50_s=None, duration_p95_s=None)]
+
+        def interrupted_counts(self) -> dict[str, int]:
+            return {"wf": 1}  # one of the runs the views call running: no live holder
 
         def hotspot_rows(self, **_: Any) -> list[Any]:
             return []
@@ -160,7 +165,10 @@ def test_the_api_metrics_count_runs_in_every_status() -> None:
 
     metrics: list[Metric] = list(ViewsCollector(Reads()).collect())  # type: ignore[arg-type]
     runs = next(m for m in metrics if m.name == "stepstone_runs")
-    assert {s.labels["status"]: s.value for s in runs.samples} == counts
+    running = RunStatus.RUNNING.value
+    expected = {**counts, running: counts[running] - 1, RunStatus.INTERRUPTED.value: 1}
+    assert {s.labels["status"]: s.value for s in runs.samples} == expected
+    assert set(expected) == set(STATUS_NAMES)  # every status of the engine, observed ones too
 
 
 @pytest.mark.parametrize("event_class", [e for e, s in STATUS_AFTER.items() if s in TERMINAL],

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.queries import Reads
 from api.readonly_store import StoreReadError
-from engine.status import RunStatus
+from engine.status import RECORDED, RunStatus
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -45,9 +45,15 @@ class ViewsCollector(Collector):
     def _read(self) -> Iterator[Metric]:
         runs = GaugeMetricFamily("stepstone_runs", "Runs by workflow and status",
                                  labels=["workflow", "status"])
+        interrupted = self.reads.interrupted_counts()
         for stats in self.reads.workflow_stats():
-            for status in RunStatus:  # the engine's statuses, each a field of WorkflowStats
-                runs.add_metric([stats.workflow, status.value], getattr(stats, status.value))
+            for status in RECORDED:  # the engine's statuses, each a field of WorkflowStats
+                count = getattr(stats, status.value)
+                if status is RunStatus.RUNNING:  # the log says running; a lease says who is
+                    count -= interrupted.get(stats.workflow, 0)
+                runs.add_metric([stats.workflow, status.value], count)
+            runs.add_metric([stats.workflow, RunStatus.INTERRUPTED.value],
+                            interrupted.get(stats.workflow, 0))
         yield runs
         names = ("attempts", "retries", "failures", "preemptions", "crashes")
         families = {

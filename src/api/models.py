@@ -16,7 +16,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 # The engine's enums, not copies, so the OpenAPI document's enums are the engine's.
-from engine.status import RunStatus, StepStatus
+from engine.status import RECORDED, RunStatus, StepStatus
 
 
 class StepOutcome(StrEnum):
@@ -78,6 +78,11 @@ class Run(_Model):
     finished_at: datetime | None
     last_error: ErrorInfo | None
     last_position: int | None = Field(description="global log position of the run's last event")
+    held_by: str | None = Field(
+        None, description="the live process driving the run now (its lease), if any")
+    last_seen_at: datetime | None = Field(
+        None, description="for an interrupted run (the log says running, but no live "
+        "process holds its lease): when it was last seen alive")
 
 
 class RunPage(_Model):
@@ -135,7 +140,7 @@ class WorkflowStats(_Model):
     # One count per status of the engine, in its order: a field per status rather than a map,
     # so clients read `completed` as before. (Annotations written into the class body while
     # it is built are fields like any other to pydantic.)
-    for _status in RunStatus:
+    for _status in RECORDED:  # `interrupted` is observed at read time, never counted here
         __annotations__[_status.value] = int
     del _status
     duration_p50_s: float | None
@@ -190,6 +195,9 @@ class StatusInfo(_Model):
 
     name: RunStatus
     terminal: bool = Field(description="nothing follows the event that ends a run in it")
+    observed: bool = Field(
+        False, description="no event records it: the API reads it off the run's lease at "
+        "that moment (`interrupted`: the log says running, no live process holds the run)")
 
 
 class EventInfo(_Model):

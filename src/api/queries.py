@@ -24,6 +24,7 @@ from anyio import to_thread
 from eventsourcing.persistence import StoredEvent
 
 from api import models as m
+from api.liveness import LeaseReads
 from api.readonly_store import ReadOnlyStore, Row
 from engine.codec import OrjsonTranscoder, PydanticMapper
 from engine.events import RunEvent
@@ -50,7 +51,7 @@ RUNS, ATTEMPTS, STATS, HOTSPOTS = (
 # fields made of other columns (`_RUN_SOURCES`); the query selects those as NULL placeholders,
 # so that a row zips with the model's field names in one step (see `run_fields`).
 _RUN_FIELDS = tuple(m.Run.model_fields)
-_RUN_MADE = frozenset({"steps_expected", "progress", "last_error"})
+_RUN_MADE = frozenset({"steps_expected", "progress", "last_error", "held_by", "last_seen_at"})
 _RUN_SOURCES = columns_of(RUNS, ("progress_done", "progress_total", "last_error_type",
                                  "last_error_message", "last_error_step"))
 RUN_COLUMNS = columns_of(RUNS, [f for f in _RUN_FIELDS if f not in _RUN_MADE])
@@ -97,6 +98,7 @@ class Reads:
         self.uuid, self.ts = ("?", "?") if store.is_sqlite else ("?::uuid", "?::timestamptz")
         self.tracking_keys = {v: f"{DEFAULT_PREFIX}_{v}/{RunStore.name}" for v in VIEWS}
         self._expected: dict[tuple[str, int], tuple[float, int | None]] = {}
+        self.liveness = LeaseReads(store, self.runs)
 
     async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking read in a worker thread, at most `threads` at a time.
@@ -145,9 +147,10 @@ class Reads:
         """
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
+        if status is not None:  # `running` and `interrupted` are judged by the leases, now
+            clause, values = self.liveness.status_filter(status)
+            where.append(clause)
+            params += values
         if workflow is not None:
             where.append("workflow = ?")
             params.append(workflow)
@@ -171,6 +174,7 @@ class Reads:
         if more and rows:
             last = rows[-1]
             next_cursor = _encode_cursor(_text(last["started_at"]), str(last["run_id"]))
+        self.liveness.apply(rows)
         for run in rows:
             run["steps_expected"] = self.expected_steps(run)
         items = rows
@@ -191,7 +195,11 @@ class Reads:
         rows = self.store.fetch(f"SELECT {_RUN_SELECT} FROM {self.runs} {rest}", params)
         return [run_fields(r) for r in rows]
 
+    def interrupted_counts(self) -> dict[str, int]:
+        return self.liveness.interrupted_counts()
+
     def _run(self, fields: dict[str, Any]) -> m.Run:
+        self.liveness.apply([fields])
         fields["steps_expected"] = self.expected_steps(fields)
         return m.Run.model_validate(fields)
 

@@ -9,10 +9,12 @@ from engine.aggregate import WorkflowRun
 from engine.audit.patching import patched
 from engine.audit.replay_check import CheckResult, check_history
 from engine.context import StepContext, step_context
+from engine.control import CancelOutcome
 from engine.definitions import Step, StepCall, Workflow, step, workflow
 from engine.durable import gather, sleep
 from engine.engine import Engine
 from engine.errors import (
+    CancelPendingError,
     ConfigurationError,
     DamagedLogError,
     EngineError,
@@ -22,11 +24,13 @@ from engine.errors import (
     NonDeterminismError,
     OutputEncodingError,
     RunConflictError,
+    RunFinishedError,
     RunLeasedError,
     RunNotFinishedError,
     RunNotFoundError,
     RunParkedError,
     StepFailedError,
+    StepTimeoutError,
     StoreUnavailableError,
     StoreWriteError,
     UnknownEventError,
@@ -38,10 +42,14 @@ from engine.preemption import Preempted, PreemptionToken, signals_request_preemp
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
-from engine.status import RunStatus, StepStatus
+from engine.status import STOPPED, TERMINAL, RunStatus, StepStatus
 
 __all__ = [
     "NO_RETRY",
+    "STOPPED",
+    "TERMINAL",
+    "CancelOutcome",
+    "CancelPendingError",
     "CheckResult",
     "ConfigurationError",
     "DamagedLogError",
@@ -59,6 +67,7 @@ __all__ = [
     "PreemptionToken",
     "RetryPolicy",
     "RunConflictError",
+    "RunFinishedError",
     "RunInfo",
     "RunLeasedError",
     "RunNotFinishedError",
@@ -72,6 +81,7 @@ __all__ = [
     "StepContext",
     "StepFailedError",
     "StepStatus",
+    "StepTimeoutError",
     "StoreUnavailableError",
     "StoreWriteError",
     "UnknownEventError",

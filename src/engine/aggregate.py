@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from engine import events as ev
 from engine.audit.chain import SEAL
 from engine.errors import EngineError
-from engine.status import STATUS_AFTER, RunStatus, StepStatus
+from engine.status import STATUS_AFTER, STOPPED, RunStatus, StepStatus
 
 
 class ErrorInfo(BaseModel):
@@ -74,6 +74,8 @@ class RunState(BaseModel):
     parent_run_id: UUID | None = None  # a fork's parent run
     forked_from_step: str | None = None
     parked: Divergence | None = None
+    # -- control, docs/controlling-runs.md --
+    deadline: datetime | None = None
 
 
 class RunCommandError(EngineError):
@@ -111,6 +113,7 @@ class WorkflowRun(BaseAggregate[UUID]):
         queue: str = "default",
         parent_run_id: UUID | None = None,
         forked_from_step: str | None = None,
+        deadline: datetime | None = None,
     ) -> WorkflowRun:
         # Tamper evidence: the first event opens the run's hash chain (engine.chain).
         return cls._create(
@@ -118,12 +121,18 @@ class WorkflowRun(BaseAggregate[UUID]):
             workflow_version=workflow_version, entrypoint=entrypoint,
             code_fingerprint=code_fingerprint, input=input, input_digest=input_digest,
             idempotency_key=idempotency_key, queue=queue, parent_run_id=parent_run_id,
-            forked_from_step=forked_from_step, prev_hash=None, hash=SEAL,
+            forked_from_step=forked_from_step, deadline=deadline, prev_hash=None, hash=SEAL,
         )
 
     # -- commands: one per event type after RunStarted ---------------------------------------
     def resume(self, reason: ev.ResumeReason, *, at: datetime, worker: str) -> None:
-        self._trigger(ev.RunResumed, at, worker, reason=reason)
+        # A cancelled or timed-out run is reopened only on purpose (`resume --force`), and the
+        # reason says so in its history; every other end is final.
+        reopen = reason is ev.ResumeReason.FORCED
+        if reopen and self.state.status not in STOPPED:
+            raise RunCommandError(f"run {self.id} is {self.state.status.value}: only a "
+                                  "cancelled or timed-out run can be resumed by force")
+        self._trigger(ev.RunResumed, at, worker, reopen=reopen, reason=reason)
 
     def start_step(self, key: str, name: str, attempt: int, *, at: datetime,
                    worker: str) -> None:
@@ -191,8 +200,16 @@ class WorkflowRun(BaseAggregate[UUID]):
         self._trigger(ev.RunFailed, at, worker, error_type=error_type, message=message,
                       step_key=step_key)
 
-    def cancel(self, by: str, reason: str, *, at: datetime, worker: str) -> None:
-        self._trigger(ev.RunCancelled, at, worker, by=by, reason=reason)
+    def cancel(self, by: str, reason: str, *, at: datetime, worker: str,
+               requested_at: datetime | None = None) -> None:
+        self._trigger(ev.RunCancelled, at, worker, by=by, reason=reason,
+                      requested_at=requested_at)
+
+    def time_out(self, step_key: str | None, *, at: datetime, worker: str) -> None:
+        if self.state.deadline is None:
+            raise RunCommandError(f"run {self.id} has no deadline to pass")
+        self._trigger(ev.RunTimedOut, at, worker, deadline=self.state.deadline,
+                      step_key=step_key)
 
     def park(self, reason: str, expected: str, actual: str, position: int, *, at: datetime,
              worker: str) -> None:
@@ -206,9 +223,9 @@ class WorkflowRun(BaseAggregate[UUID]):
                                   "running")
 
     def _trigger(self, event_class: type[ev.RunEvent], at: datetime, worker: str,
-                 **fields: Any) -> None:
+                 reopen: bool = False, **fields: Any) -> None:
         """Append a new event (pending until the store saves it), chained to the last one."""
-        if self.state.status.is_terminal:
+        if self.state.status.is_terminal and not reopen:
             raise RunCommandError(
                 f"run {self.id} is {self.state.status.value}: nothing may follow its end "
                 f"(asked to record {event_class.__name__})"
@@ -244,9 +261,12 @@ class WorkflowRun(BaseAggregate[UUID]):
                 s.parent_run_id = event.parent_run_id
                 s.forked_from_step = event.forked_from_step
                 s.queue = event.queue
+                s.deadline = event.deadline
             case ev.RunResumed():
                 s.last_reason = event.reason.value
                 s.parked = None
+                if event.reason is ev.ResumeReason.FORCED:
+                    s.deadline = None  # reopened on purpose: the deadline that ended it is off
             case ev.StepStarted():
                 prior = s.steps.get(event.step_key)
                 s.steps[event.step_key] = StepState(
@@ -299,6 +319,8 @@ class WorkflowRun(BaseAggregate[UUID]):
                 )
             case ev.RunCancelled():
                 s.last_reason = f"{event.by}: {event.reason}"
+            case ev.RunTimedOut():
+                s.last_reason = f"deadline {event.deadline.isoformat()} passed"
             # -- audit and replay, docs/audit.md --
             case ev.PatchMarked():
                 s.patches.append(event.change_id)

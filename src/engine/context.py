@@ -6,12 +6,14 @@ outside any workflow simply runs as a plain function.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 if TYPE_CHECKING:
     from engine.definitions import Step
+    from engine.stopping import CheckpointRate
 
 
 class StepRunner(Protocol):
@@ -34,6 +36,10 @@ class CheckpointSink(Protocol):
     def preemption_requested(self) -> bool:
         """Whether the run's preemption token is set."""
 
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the run is asked to stop for good (a cancel, its deadline)."""
+
 
 class StepContext:
     """What a running step knows about itself; get it with `step_context()`."""
@@ -54,6 +60,13 @@ class StepContext:
         self.last_checkpoint = last_checkpoint
         self.checkpoint_sequence = checkpoint_sequence
         self._sink = sink
+        # Control (engine.stopping): when this attempt's own timeout passes (monotonic), whether
+        # the step was told so, and whether the driver stopped waiting for it.
+        self.timeout_s: float | None = None
+        self.timeout_at: float | None = None
+        self.timed_out = False
+        self.abandoned = False
+        self.rate: CheckpointRate | None = None  # written checkpoints, against the runaway cap
 
     @property
     def operation_id(self) -> str:
@@ -64,11 +77,23 @@ class StepContext:
     def preemption_requested(self) -> bool:
         return self._sink.preemption_requested if self._sink else False
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the run is to stop for good (cancelled, or past its deadline): the next
+        `checkpoint()` saves and unwinds. A step that can stop sooner may check this."""
+        return self._sink.cancel_requested if self._sink else False
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Seconds left before this attempt's timeout (`@step(timeout=...)`), if it has one."""
+        return None if self.timeout_at is None else self.timeout_at - time.monotonic()
+
     def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> None:
         """Persist progress inside the step (an offset, a cursor, a partial result).
 
-        `done`/`total` are optional progress figures for the read side. If preemption was
-        requested, this persists the checkpoint and then unwinds the step with `Preempted`.
+        `done`/`total` are optional progress figures for the read side. If preemption, a
+        cancel or the run's deadline is pending, this persists the checkpoint and then unwinds
+        the step; past the attempt's own timeout it persists it and raises `StepTimeoutError`.
         """
         if self._sink is None:
             self.last_checkpoint = state

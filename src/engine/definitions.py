@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import orjson
@@ -82,10 +83,12 @@ class StepCall(Generic[R]):
 class Step(Generic[P, R]):
     """A durable step. Inside a workflow run its outcome is recorded; elsewhere it just runs."""
 
-    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy,
+                 timeout_s: float | None = None) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.timeout_s = timeout_s
         self.codec = JsonCodec(fn, f"step {name!r}")
         functools.update_wrapper(self, fn)
 
@@ -120,7 +123,8 @@ class Step(Generic[P, R]):
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None
+    *, name: str | None = None, retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -130,11 +134,18 @@ def step(
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
+    timeout: timedelta | float | None = None,
 ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
-    """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff."""
+    """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff.
+
+    `timeout` (seconds or a timedelta) bounds each attempt: past it the attempt fails with a
+    retryable `StepTimeoutError` (docs/controlling-runs.md says how, since Python cannot stop
+    a thread).
+    """
+    timeout_s = seconds_of(timeout, "@step(timeout=...)")
 
     def wrap(f: Callable[P, R]) -> Step[P, R]:
-        return Step(f, name or f.__name__, retry or DEFAULT_RETRY)
+        return Step(f, name or f.__name__, retry or DEFAULT_RETRY, timeout_s)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -144,13 +155,14 @@ class Workflow(Generic[P, R]):
 
     def __init__(
         self, fn: Callable[P, R], name: str, version: int, *, queue: str = "default",
-        concurrency: int | None = None,
+        concurrency: int | None = None, timeout_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
         self.queue = queue
         self.concurrency = concurrency
+        self.timeout_s = timeout_s
         self.entrypoint = f"{fn.__module__}:{fn.__qualname__}"
         self.codec = JsonCodec(fn, f"workflow {name!r}")
         functools.update_wrapper(self, fn)
@@ -215,19 +227,33 @@ class Workflow(Generic[P, R]):
 
 def workflow(
     name: str | None = None, *, version: int = 1, queue: str = "default",
-    concurrency: int | None = None,
+    concurrency: int | None = None, timeout: timedelta | float | None = None,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
     """Declare a workflow. `name` identifies its runs (and idempotency keys) across releases.
 
     Workers pick its runs from `queue`; `concurrency` caps how many of its runs are driven at
-    once by all workers together (recorded in the store when a run is started).
+    once by all workers together (recorded in the store when a run is started). `timeout`
+    gives each run a deadline that long after its start (unless the start names one): past
+    it the run is stopped and ends `timed_out`.
     """
+    timeout_s = seconds_of(timeout, "@workflow(timeout=...)")
     if callable(name):
         raise TypeError("use @workflow() or @workflow('name', version=1), with parentheses")
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"@workflow(concurrency={concurrency}) must be at least 1 or None")
 
     def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
-        return Workflow(fn, name or fn.__name__, version, queue=queue, concurrency=concurrency)
+        return Workflow(fn, name or fn.__name__, version, queue=queue, concurrency=concurrency,
+                        timeout_s=timeout_s)
 
     return wrap
+
+
+def seconds_of(value: timedelta | float | None, where: str) -> float | None:
+    """A duration given as seconds or a timedelta, checked to be positive."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:  # also refuses NaN
+        raise ValueError(f"{where} must be a positive duration, not {value!r}")
+    return seconds

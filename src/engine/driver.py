@@ -8,6 +8,7 @@ in that window only runs the step again, inside the at-least-once contract.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ from engine.errors import (
     NonDeterminismError,
     OutputEncodingError,
     StepFailedError,
+    StepTimeoutError,
     StoreUnavailableError,
 )
 from engine.logcontext import get_logger
@@ -33,6 +35,18 @@ from engine.observe import log_events
 from engine.preemption import Preempted, PreemptionToken
 from engine.results import RunResult
 from engine.status import RunStatus, StepStatus
+from engine.stopping import (
+    DEFAULT_LIMITS,
+    AttemptAbandoned,
+    Cancelled,
+    CancelRequest,
+    CheckpointRate,
+    DeadlinePassed,
+    LimitReached,
+    RunLimits,
+    StopRules,
+    call_bounded,
+)
 from engine.store import RunStore
 from engine.tracing import TRACER
 from engine.unwinding import Abandon, Halt, Suspend
@@ -91,6 +105,8 @@ class RunDriver:
         resume_reason: ev.ResumeReason | None = None,
         saver: Callable[[WorkflowRun], None] | None = None,
         observers: Sequence[Observer] = (log_events,),
+        cancel_check: Callable[[], CancelRequest | None] | None = None,
+        limits: RunLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.saver = saver or store.save_run
@@ -112,6 +128,8 @@ class RunDriver:
         self._last_checkpoint_at: dict[str, float] = {}
         self._divergence: NonDeterminismError | None = None
         self._abandoned: EngineError | None = None
+        self.stops = StopRules(token, cancel_check, clock, limits)
+        self.limits = limits
         # Fan-out branches record from their own threads; one lock keeps the aggregate and its
         # pending events consistent (steps are long, so it is never contended for long).
         self._lock = threading.RLock()
@@ -172,7 +190,7 @@ class RunDriver:
 
     def _drive(self) -> RunResult:
         run = self.run
-        if run.status.is_terminal:
+        if run.status.is_terminal and self.resume_reason is not ev.ResumeReason.FORCED:
             return RunResult.of(run)
         reason = _resume_reason(run)
         attributes = {
@@ -188,6 +206,9 @@ class RunDriver:
 
     def _drive_body(self, reason: ev.ResumeReason | None) -> RunResult:
         run = self.run
+        stop = self.stops.pending(run.state.deadline)
+        if isinstance(stop, (Cancelled, DeadlinePassed)) and not run.status.is_terminal:
+            return self._stopped(stop)  # cancelled or past its deadline before it ran again
         if reason is not None:
             # Pending until the first real write: a run that diverges is left untouched.
             self.record(run.resume, self.resume_reason or reason)
@@ -201,10 +222,16 @@ class RunDriver:
                     run.id, self._position, self._history[self._position], "<end of workflow>"
                 )
             encoded = self.definition.codec.encode(output)
+        except (Cancelled, DeadlinePassed) as stop:
+            return self._stopped(stop)
         except Preempted as p:
             self.record(run.preempt, p.reason)
             self.save()
             log.info("run %s preempted: %s", run.id, p.reason)
+            return RunResult.of(run)
+        except LimitReached as limit:
+            self._flush_checkpoints()
+            self._fail(limit.error_type, limit.message, limit.step_key)
             return RunResult.of(run)
         except Suspend as s:
             self._flush_checkpoints()
@@ -234,6 +261,18 @@ class RunDriver:
         self.record(run.complete, encoded)
         self.save()
         return RunResult.of(run)
+
+    def _stopped(self, stop: Cancelled | DeadlinePassed) -> RunResult:
+        """Record the end a cancel or the deadline asked for (`engine.stopping`)."""
+        self._flush_checkpoints()
+        if isinstance(stop, Cancelled):
+            r = stop.request
+            self.record(self.run.cancel, r.by, r.reason, requested_at=r.requested_at)
+        else:
+            self.record(self.run.time_out, stop.step_key)
+        self.save()
+        log.info("run %s stopped: %s", self.run.id, stop.reason)
+        return RunResult.of(self.run)
 
     def _fail(self, error_type: str, message: str, step_key: str | None) -> None:
         self.record(self.run.fail, error_type, message, step_key)
@@ -292,7 +331,7 @@ class RunDriver:
         due = recorded.next_attempt_at if recorded else None
         while True:
             if started is None:
-                self._raise_if_preempted()
+                self._raise_if_preempted(key)
                 if due is not None:
                     self.wait_until(due)
                 attempt += 1
@@ -310,6 +349,7 @@ class RunDriver:
                 sink=self,
             )
             t0 = time.perf_counter()
+            bound = self._attempt_bound(step, ctx)
             reset = current_step.set(ctx)
             span_cm = TRACER.step_span(
                 {"stepstone.run_id": str(self.run.id), "stepstone.step_key": key,
@@ -318,7 +358,15 @@ class RunDriver:
             )
             span = span_cm.__enter__()
             try:
-                value = step.fn(*args, **kwargs)
+                if bound is None:
+                    value = step.fn(*args, **kwargs)
+                else:
+                    value = call_bounded(
+                        step.fn, args, kwargs, limit_s=bound, name=f"stepstone-step-{key}",
+                        on_abandon=functools.partial(self._abandon_attempt, step, ctx),
+                    )
+                if ctx.timed_out:  # told at a checkpoint, and the step carried on regardless
+                    raise StepTimeoutError(key, step.timeout_s or 0.0)
                 TRACER.outcome(span, "completed")
             except Preempted as p:
                 TRACER.event("preempted", {"stepstone.reason": p.reason,
@@ -327,6 +375,14 @@ class RunDriver:
                 self._flush_checkpoint(key)
                 self.record(
                     self.run.preempt_step, key, attempt, ctx.checkpoint_sequence, p.reason
+                )
+                raise
+            except LimitReached as limit:
+                TRACER.outcome(span, "failed", limit)
+                self._pending_checkpoints.pop(key, None)  # the cap: write no more of them
+                self.record(
+                    self.run.fail_step, key, attempt, limit.error_type, limit.message,
+                    retryable=False, next_attempt_at=None, duration_s=time.perf_counter() - t0,
                 )
                 raise
             except Exception as e:
@@ -382,18 +438,56 @@ class RunDriver:
         self.record(self.run.mark_patch, change_id)
         return True
 
-    def _raise_if_preempted(self) -> None:
-        if self.token.requested:
-            raise Preempted(self.token.reason)
+    # -- stops (engine.stopping) -----------------------------------------------------------
+    def stop_pending(self, step_key: str | None = None) -> Preempted | None:
+        """The stop the run should unwind for now (cancel, deadline, preemption), if any."""
+        return self.stops.pending(self.run.state.deadline, step_key)
+
+    def _raise_if_preempted(self, step_key: str | None = None) -> None:
+        stop = self.stop_pending(step_key)
+        if stop is not None:
+            raise stop
+        self.stops.check_events(self.run.version, step_key)
+
+    def _attempt_bound(self, step: Step[..., Any], ctx: StepContext) -> float | None:
+        """How long the driver waits for this attempt before abandoning it, if bounded: its
+        timeout, or what is left of the run's deadline, plus a grace to reach a checkpoint."""
+        bounds = []
+        if step.timeout_s is not None:
+            ctx.timeout_s = step.timeout_s
+            ctx.timeout_at = time.monotonic() + step.timeout_s
+            bounds.append(step.timeout_s)
+        deadline = self.run.state.deadline
+        if deadline is not None:
+            bounds.append((deadline - self.clock()).total_seconds())
+        if not bounds:
+            return None
+        return max(0.0, min(bounds)) + self.limits.step_timeout_grace_s
+
+    def _abandon_attempt(self, step: Step[..., Any], ctx: StepContext) -> BaseException:
+        """The driver stops waiting for an attempt past its bound: what to record instead."""
+        with self._lock:
+            ctx.abandoned = True  # its thread writes nothing more
+        self._pending_checkpoints.pop(ctx.step_key, None)
+        deadline = self.run.state.deadline
+        if deadline is not None and self.clock() >= deadline:
+            return DeadlinePassed(deadline, ctx.step_key)
+        log.warning("run %s: abandoned attempt %d of step %s past its %gs timeout",
+                    self.run.id, ctx.attempt, ctx.step_key, step.timeout_s or 0.0)
+        return StepTimeoutError(ctx.step_key, step.timeout_s or 0.0, abandoned=True)
 
     def wait_until(self, due: datetime) -> None:
-        delay = (due - self.clock()).total_seconds()
-        if delay <= 0:
-            return
-        if self.suspend_after_s is not None and delay > self.suspend_after_s:
-            raise Suspend(due)
-        if self.token.wait(delay):
-            raise Preempted(self.token.reason)
+        deadline = self.run.state.deadline
+        until = due if deadline is None else min(due, deadline)
+        delay = (until - self.clock()).total_seconds()
+        if delay > 0:
+            if self.suspend_after_s is not None and delay > self.suspend_after_s:
+                raise Suspend(until)  # a worker comes back then (at the deadline, to stop it)
+            stop = self.stops.wait(delay, deadline)
+            if stop is not None:
+                raise stop
+        if deadline is not None and self.clock() >= deadline:
+            raise DeadlinePassed(deadline)
 
     # -- durable sleep --------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
@@ -401,7 +495,7 @@ class RunDriver:
         key, recorded = self.next_position("sleep")
         if recorded is not None and recorded.status is StepStatus.COMPLETED:
             return
-        self._raise_if_preempted()
+        self._raise_if_preempted(key)
         if recorded is None or recorded.wake_at is None:
             wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
             self.record(self.run.start_timer, key, wake_at, seconds)
@@ -423,7 +517,13 @@ class RunDriver:
     def preemption_requested(self) -> bool:
         return self.token.requested
 
+    @property
+    def cancel_requested(self) -> bool:
+        return isinstance(self.stop_pending(), (Cancelled, DeadlinePassed))
+
     def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+        if ctx.abandoned:
+            raise AttemptAbandoned(ctx.step_key)
         try:
             encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
         except EngineError as e:  # not the step's failure: the run stays resumable
@@ -435,11 +535,20 @@ class RunDriver:
         throttled = now - last < self.checkpoint_min_interval_s
         self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
         TRACER.event("checkpoint", {"stepstone.sequence": ctx.checkpoint_sequence})
-        if not throttled or self.token.requested:
+        stop = self.stop_pending(ctx.step_key)
+        overdue = ctx.timeout_at is not None and time.monotonic() >= ctx.timeout_at
+        if not throttled or stop is not None or overdue:
+            self.stops.check_events(self.run.version, ctx.step_key)
+            if ctx.rate is None:
+                ctx.rate = CheckpointRate()
+            ctx.rate.add(self.limits.max_checkpoints_per_minute, ctx.step_key)
             self._flush_checkpoint(ctx.step_key)
             self._last_checkpoint_at[ctx.step_key] = now
-        if self.token.requested:
-            raise Preempted(self.token.reason)
+        if stop is not None:
+            raise stop
+        if overdue:
+            ctx.timed_out = True
+            raise StepTimeoutError(ctx.step_key, ctx.timeout_s or 0.0)
 
     def _flush_checkpoints(self) -> None:
         for key in list(self._pending_checkpoints):

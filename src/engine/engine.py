@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from engine.aggregate import WorkflowRun
-from engine.audit.history import iter_history
 from engine.audit.parking import park
+from engine.control import CancelOutcome
+from engine.control import cancel as cancel_run
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
@@ -23,10 +24,8 @@ from engine.errors import (
     NonDeterminismError,
     RunConflictError,
     RunLeasedError,
-    RunNotFinishedError,
     StoreUnavailableError,
     UnknownEventError,
-    WorkflowFailedError,
     WorkflowNotFoundError,
 )
 from engine.events import ResumeReason
@@ -35,18 +34,21 @@ from engine.identity import input_digest, load_workflow, run_id_for_key
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
-from engine.results import HistoryEntry, Placement, RunInfo, RunResult
+from engine.reads import RunReads
+from engine.results import RunResult
 from engine.settings import Settings
-from engine.status import RunStatus
+from engine.status import STOPPED
+from engine.stopping import CancelRequest
 from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.store_faults import ErrorBackoff, StoreFaults
+from engine.workers.cancels import cancel_request, clear_cancel
 from engine.workers.heartbeat import LeaseKeeper
 from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
 
 log = get_logger("stepstone.engine")
 
-class Engine:
+class Engine(RunReads):
     """Starts, drives and reads workflow runs on one event store.
 
     `token` is the preemption token: set it (or call `preempt()`) from another thread or a
@@ -125,6 +127,10 @@ class Engine:
             self._keeper.start()
         return self._keeper
 
+    def driving(self) -> LeaseKeeper | None:
+        """The keeper of the leases this engine holds, if it has driven anything."""
+        return self._keeper
+
     def register(self, *workflows: Workflow[..., Any]) -> None:
         for wf in workflows:
             if not isinstance(wf, Workflow):
@@ -138,13 +144,16 @@ class Engine:
         input: Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
+        deadline: datetime | timedelta | None = None,
     ) -> UUID:
         """Record a new run for any worker to drive. With `key`, starting twice gives one run.
 
         Nothing executes here: `resume(run_id)` drives it in this process, or a
-        `stepstone worker` on the same store picks it up.
+        `stepstone worker` on the same store picks it up. `deadline` (an instant, or a
+        duration from now; default: the workflow's `timeout`) is when the run is stopped,
+        ending `timed_out`, wherever it is then.
         """
-        return self._start(workflow, input, key=key, owner=None)
+        return self._start(workflow, input, key=key, owner=None, deadline=deadline)
 
     def _start(
         self,
@@ -153,14 +162,16 @@ class Engine:
         *,
         key: str | None,
         owner: str | None,
+        deadline: datetime | timedelta | None = None,
     ) -> UUID:
         self.register(workflow)
+        now = utc_now()
         recorded_input = workflow.normalize_input(input)
         digest = input_digest(recorded_input)
         run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
         run = WorkflowRun.start(
             run_id,
-            at=utc_now(),
+            at=now,
             worker=self.settings.worker_id,
             workflow=workflow.name,
             workflow_version=workflow.version,
@@ -170,6 +181,7 @@ class Engine:
             input_digest=digest,
             idempotency_key=key,
             queue=workflow.queue,
+            deadline=deadline_of(deadline, workflow.timeout_s, now),
         )
         events = list(run.pending_events)
         try:
@@ -200,20 +212,25 @@ class Engine:
         input: Mapping[str, Any] | None = None,
         *,
         key: str | None = None,
+        deadline: datetime | timedelta | None = None,
     ) -> RunResult:
         """Start (or, with a known key, find) a run and drive it until it ends or is preempted."""
         return self.resume(
-            self._start(workflow, input, key=key, owner=self.settings.worker_id)
+            self._start(workflow, input, key=key, owner=self.settings.worker_id,
+                        deadline=deadline)
         )
 
-    def resume(self, run_id: UUID) -> RunResult:
+    def resume(self, run_id: UUID, *, force: bool = False) -> RunResult:
         """Drive a run here from where its log says it is, until it ends or is preempted.
 
-        A finished run just returns its result. The run is leased to this process while it
-        runs, so workers leave it alone; `RunLeasedError` if a live worker holds it now.
+        A finished run just returns its result; with `force`, a cancelled or timed-out one is
+        reopened (recorded as `RunResumed(reason=forced)`, its deadline lifted) and driven on
+        from its log. The run is leased to this process while it runs, so workers leave it
+        alone; `RunLeasedError` if a live worker holds it now.
         """
         run = self.store.load(run_id)
-        if run.status.is_terminal:
+        reopen = force and run.status in STOPPED
+        if run.status.is_terminal and not reopen:
             return RunResult.of(run)
         since = time.monotonic()
         holder = self.leases.claim_run(
@@ -222,7 +239,18 @@ class Engine:
         )
         if holder is not None:
             raise RunLeasedError(run_id, holder)
-        return self.drive_claimed(run_id, since=since)
+        if reopen:
+            clear_cancel(self.leases, run_id)  # the cancel that ended it is spent
+        return self.drive_claimed(
+            run_id, since=since, resume_reason=ResumeReason.FORCED if reopen else None
+        )
+
+    def cancel(self, run_id: UUID, *, reason: str = "cancelled", by: str | None = None,
+               wait_s: float = 0.0) -> CancelOutcome:
+        """Cancel a run wherever it is (docs/controlling-runs.md): at once if nobody drives
+        it, else at its holder's next checkpoint or step boundary (waiting up to `wait_s` for
+        that). `RunFinishedError` for a finished run, nothing written."""
+        return cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
 
     def drive_claimed(
         self,
@@ -305,7 +333,8 @@ class Engine:
             self._release(run_id, state=PARKED, note=str(e))
             raise
         loaded(run.version)
-        if run.status.is_terminal:
+        forced = resume_reason is ResumeReason.FORCED and run.status in STOPPED
+        if run.status.is_terminal and not forced:
             self._release(run_id, state=DONE)
             return RunResult.of(run)
         definition = self._definition_for(run)
@@ -326,6 +355,8 @@ class Engine:
             resume_reason=resume_reason,
             saver=self.group_commit.save_run,
             observers=tuple(self.observers),
+            cancel_check=self._cancel_check(run_id, keeper),
+            limits=self.settings.run_limits(),
         )
         try:
             result = driver.drive()
@@ -351,9 +382,19 @@ class Engine:
         self._error_backoff.clear(run_id)
         if result.status.is_terminal:
             self._release(run_id, state=DONE)
+            if keeper.cancel_requested(run_id) is not None:
+                clear_cancel(self.leases, run_id)
         else:
             self._release(run_id, state=READY, at=result.resume_at)
         return result
+
+    def _cancel_check(
+        self, run_id: UUID, keeper: LeaseKeeper
+    ) -> Callable[[], CancelRequest | None]:
+        """How the driver learns of a cancel: one look now (a request made while nobody held
+        the run), then the keeper's poll, read at every checkpoint without a query."""
+        keeper.note_cancel(run_id, cancel_request(self.leases, run_id))
+        return lambda: keeper.cancel_requested(run_id)
 
     def _release(
         self, run_id: UUID, *, state: str, at: datetime | None = None, note: str | None = None
@@ -373,91 +414,6 @@ class Engine:
     def preempt(self, reason: str = "preemption requested by the application") -> None:
         self.token.request(reason)
 
-    # -- reading --------------------------------------------------------------------------
-    def status(self, run_id: UUID) -> RunInfo:
-        return RunInfo.of(self.store.load(run_id))
-
-    def placement(self, run_id: UUID) -> Placement | None:
-        """The run's row in the runnable index, its lease judged live or not at this moment
-        on the store's clock; None if the run has no row (yet)."""
-        row = self.leases.row(run_id)
-        if row is None:
-            return None
-        now = self.leases.clock()
-        held = row.lease_expires_at is not None and row.lease_expires_at > now
-        return Placement(
-            queue=row.queue,
-            state="leased" if held and row.state == READY else row.state,
-            held_by=row.lease_owner if held else None,
-            note=row.note,
-        )
-
-    def wait(self, run_id: UUID, *, timeout_s: float | None = None,
-             poll_s: float = 0.1) -> RunInfo:
-        """Block until a run (driven anywhere) finishes; its final state. TimeoutError if not.
-
-        Reads the log, not a view, so the answer is exact; polls, since the log has no
-        per-run push on every store.
-        """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            info = self.status(run_id)
-            if info.status.is_terminal:
-                return info
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"run {run_id} is still {info.status.value} after {timeout_s}s"
-                )
-            time.sleep(poll_s)
-
-    def result(self, run_id: UUID) -> Any:
-        """The recorded output of a completed run; raises if it failed or has not finished."""
-        run = self.store.load(run_id)
-        if run.status is RunStatus.COMPLETED:
-            return run.state.output
-        if run.status is RunStatus.FAILED and run.state.error:
-            raise WorkflowFailedError(run_id, run.state.error.error_type, run.state.error.message)
-        raise RunNotFinishedError(f"run {run_id} is {run.status.value}; resume it to finish it")
-
-    def history(self, run_id: UUID) -> list[HistoryEntry]:
-        """The whole history as a list; `iter_history` streams it in constant memory."""
-        return [HistoryEntry.of(pos, e) for pos, e in self.store.events_with_positions(run_id)]
-
-    def iter_history(self, run_id: UUID, **options: Any) -> Iterator[HistoryEntry]:
-        """The run's events one page at a time, with `after`, `limit`, `tail`, `types` and
-        `follow` (see `engine.audit.history.iter_history`)."""
-        return iter_history(self.store, run_id, **options)
-
-    def runs(self, *, limit: int | None = None) -> list[RunInfo]:
-        """Runs in start order (newest last); the last `limit` of them if given."""
-        ids = [started.originator_id for started in self.store.started()]
-        if limit is not None:
-            ids = ids[-limit:]
-        return [RunInfo.of(run) for run in map(self._readable, ids) if run is not None]
-
-    def _readable(self, run_id: UUID) -> WorkflowRun | None:
-        """The run, or None with a warning if its log is damaged: one bad run must not make
-        every listing of the store fail."""
-        try:
-            return self.store.load(run_id)
-        except (DamagedLogError, UnknownEventError) as e:
-            log.warning("skipping run %s: %s", run_id, e)
-            return None
-
-    def unfinished_runs(
-        self, workflow: Workflow[..., Any], input: Mapping[str, Any] | None = None
-    ) -> list[UUID]:
-        """Runs of `workflow` with this very input that have not finished, oldest first."""
-        digest = input_digest(workflow.normalize_input(input))
-        return [
-            started.originator_id
-            for started in self.store.started()
-            if started.workflow == workflow.name
-            and started.input_digest == digest
-            and (run := self._readable(started.originator_id)) is not None
-            and not run.status.is_terminal
-        ]
-
     # -- workflows ------------------------------------------------------------------------
     def _definition_for(self, run: WorkflowRun) -> Workflow[..., Any]:
         name = run.state.workflow
@@ -471,3 +427,18 @@ class Engine:
             )
         self._workflows[name] = wf
         return wf
+
+
+def deadline_of(deadline: datetime | timedelta | None, timeout_s: float | None,
+                now: datetime) -> datetime | None:
+    """A run's deadline: the one given (an instant, or a duration from now), else its
+    workflow's timeout from now, else none."""
+    if isinstance(deadline, timedelta):
+        if deadline.total_seconds() <= 0:
+            raise ValueError(f"a run's timeout must be positive, not {deadline}")
+        return now + deadline
+    if deadline is not None:
+        if deadline.tzinfo is None:
+            raise ValueError("a run's deadline must carry a time zone (datetime.now(UTC)...)")
+        return deadline
+    return now + timedelta(seconds=timeout_s) if timeout_s is not None else None

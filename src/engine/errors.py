@@ -214,3 +214,40 @@ class StepFailedError(EngineError):
         self.error_type = error_type
         self.error_message = message
         super().__init__(f"step {step_key} failed: {error_type}: {message}")
+
+
+class StepTimeoutError(Exception):
+    """A step attempt ran past its `@step(timeout=...)`: a failure like any other, retried
+    under the step's retry policy (not an `EngineError`: it is the step's outcome).
+
+    Raised by `checkpoint()` once the timeout has passed; an attempt that never checkpoints is
+    abandoned by the driver after a short grace, and this is recorded as its failure.
+    """
+
+    def __init__(self, step_key: str, timeout_s: float, *, abandoned: bool = False) -> None:
+        self.step_key = step_key
+        self.timeout_s = timeout_s
+        self.abandoned = abandoned
+        how = ("it did not return or checkpoint, so its worker stopped waiting for it (its "
+               "thread may still be running)" if abandoned else "told at its checkpoint")
+        super().__init__(f"step {step_key} ran past its {timeout_s:g}s timeout; {how}")
+
+
+class RunFinishedError(EngineError):
+    """A command that needs an unfinished run (cancel) was given a finished one; nothing was
+    written."""
+
+    def __init__(self, run_id: UUID, status: str, action: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} is already {status}; there is nothing to {action}")
+
+
+class CancelPendingError(EngineError):
+    """A cancel was already asked for and its run's holder has not stopped yet."""
+
+    def __init__(self, run_id: UUID, by: str, at: str) -> None:
+        super().__init__(
+            f"run {run_id}: a cancel was already requested by {by} at {at}; its holder stops "
+            f"it at the next checkpoint or step boundary (`stepstone status {run_id}`)"
+        )

@@ -33,6 +33,7 @@ class ResumeReason(StrEnum):
     TIMER_DUE = "timer_due"
     LEASE_EXPIRED = "lease_expired"
     STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
+    FORCED = "forced"  # `resume --force` reopened a cancelled or timed-out run
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -92,6 +93,8 @@ class RunStarted(RunEvent, CanInitAggregate[UUID]):
         state["parent_run_id"] = None
         state["forked_from_step"] = None
     queue: str = "default"
+    # Control (docs/controlling-runs.md): past this instant the run is stopped, as by a cancel.
+    deadline: datetime | None = None
 
     def summary(self) -> str:
         text = (f"{self.workflow} v{self.workflow_version} code {self.code_fingerprint} "
@@ -208,9 +211,22 @@ class RunFailed(RunEvent):
 class RunCancelled(RunEvent):
     by: str
     reason: str
+    # When the cancel was asked for (the event's timestamp is when the run's holder stopped).
+    requested_at: datetime | None = None
 
     def summary(self) -> str:
         return f"by {self.by}: {self.reason}"
+
+
+class RunTimedOut(RunEvent):
+    """The run passed its deadline and was stopped there; `step_key` was running then."""
+
+    deadline: datetime
+    step_key: str | None = None
+
+    def summary(self) -> str:
+        where = f" during {self.step_key}" if self.step_key else ""
+        return f"deadline {self.deadline.isoformat()} passed{where}"
 
 
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
@@ -261,6 +277,7 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunCompleted,
     RunFailed,
     RunCancelled,
+    RunTimedOut,
     PatchMarked,
     StepReused,
     RunParked,

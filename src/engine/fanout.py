@@ -19,6 +19,7 @@ from engine.driver import NOT_RECORDED, RunDriver, replayed
 from engine.errors import NonDeterminismError, StepFailedError
 from engine.preemption import Preempted
 from engine.status import StepStatus
+from engine.stopping import Cancelled, DeadlinePassed, LimitReached
 from engine.unwinding import Abandon, Halt, Suspend
 
 
@@ -57,7 +58,7 @@ def gather_branches(
     with ThreadPoolExecutor(max_workers=min(limit, max(1, len(calls))),
                             thread_name_prefix="stepstone-branch") as pool:
         for i, call in enumerate(calls):
-            if stop.is_set() or driver.token.requested:
+            if stop.is_set() or driver.stop_pending() is not None:
                 break
             key, recorded = driver.next_position(call.step.name)
             try:
@@ -100,8 +101,8 @@ def gather_branches(
             failures[i] = exc
     if failures:
         raise _most_severe(failures)
-    if covered < len(calls):  # stopped dispatching for a preemption request
-        raise Preempted(driver.token.reason)
+    if covered < len(calls):  # stopped dispatching for a preemption, a cancel, the deadline
+        raise driver.stop_pending() or Preempted(driver.token.reason)
     return results
 
 
@@ -109,7 +110,8 @@ def gather_branches(
 # about the run's state wins (losing the run beats a divergence beats an engine error beats a
 # stop beats a failure).
 _SEVERITY: tuple[type[BaseException], ...] = (
-    Abandon, NonDeterminismError, Halt, Preempted, Suspend, StepFailedError,
+    Abandon, NonDeterminismError, Halt, LimitReached, Cancelled, DeadlinePassed, Preempted,
+    Suspend, StepFailedError,
 )
 
 

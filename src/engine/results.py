@@ -9,6 +9,7 @@ from uuid import UUID
 
 from engine.aggregate import WorkflowRun
 from engine.events import RunEvent
+from engine.liveness import Liveness
 from engine.status import RunStatus, StepStatus
 
 
@@ -32,9 +33,18 @@ class RunInfo:
     updated_at: datetime
     version: int
     parked_reason: str | None = None  # audit: why a parked run waits (RunParked's reason)
+    # -- control, docs/controlling-runs.md --
+    reason: str | None = None
+    """Why it was cancelled, timed out, preempted or parked, as recorded."""
+    deadline: datetime | None = None
+    held_by: str | None = None
+    """The live process driving it now (engine.liveness), if any."""
+    last_seen: datetime | None = None
+    """For an `interrupted` run: when it was last seen alive."""
 
     @classmethod
-    def of(cls, run: WorkflowRun) -> RunInfo:
+    def of(cls, run: WorkflowRun, liveness: Liveness | None = None) -> RunInfo:
+        """`run` as replayed; with `liveness`, its status as observed at this moment."""
         s = run.state
         current = next(
             (k for k, st in reversed(s.steps.items()) if st.status is not StepStatus.COMPLETED),
@@ -44,7 +54,7 @@ class RunInfo:
             run_id=run.id,
             workflow=s.workflow,
             workflow_version=s.workflow_version,
-            status=s.status,
+            status=liveness.status if liveness is not None else s.status,
             steps_completed=run.completed_steps,
             steps_recorded=len(s.steps),
             current_step=None if s.status.is_terminal else current,
@@ -57,7 +67,15 @@ class RunInfo:
             updated_at=run.modified_on,
             version=run.version,
             parked_reason=s.last_reason if s.status is RunStatus.PARKED else None,
+            reason=s.last_reason if s.status in _REASONED else None,
+            deadline=s.deadline,
+            held_by=liveness.held_by if liveness is not None else None,
+            last_seen=liveness.last_seen if liveness is not None else None,
         )
+
+
+_REASONED = frozenset({RunStatus.CANCELLED, RunStatus.TIMED_OUT, RunStatus.PREEMPTED,
+                       RunStatus.PARKED})
 
 
 @dataclass(frozen=True)

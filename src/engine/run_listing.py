@@ -10,13 +10,14 @@ view.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import cast
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
+from engine.aggregate import WorkflowRun
 from engine.errors import DamagedLogError, UnknownEventError
 from engine.events import RunStarted
 from engine.logcontext import get_logger
@@ -49,10 +50,12 @@ def find_runs(
     statuses: Collection[RunStatus] = (),
     workflow: str | None = None,
     since: datetime | None = None,
+    info: Callable[[WorkflowRun], RunInfo] = RunInfo.of,
 ) -> Iterator[RunInfo]:
     """Runs newest first: of `workflow`, started at or after `since`, in one of `statuses`
-    (any when empty); at most `limit`. A run whose log is damaged is skipped with a warning,
-    so one bad run does not hide the others."""
+    (any when empty); at most `limit`. `info` makes each run's `RunInfo` (the engine's
+    judges its liveness too). A run whose log is damaged is skipped with a warning, so one
+    bad run does not hide the others."""
     if limit is not None and limit <= 0:
         return
     found = 0
@@ -62,13 +65,14 @@ def find_runs(
         if workflow is not None and started.workflow != workflow:
             continue
         try:
-            info = RunInfo.of(store.load(started.originator_id))
+            run = store.load(started.originator_id)
         except (DamagedLogError, UnknownEventError) as e:
             log.warning("skipping run %s: %s", started.originator_id, e)
             continue
-        if statuses and info.status not in statuses:
+        found_info = info(run)
+        if statuses and found_info.status not in statuses:
             continue
-        yield info
+        yield found_info
         found += 1
         if limit is not None and found >= limit:
             return

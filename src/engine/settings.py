@@ -9,6 +9,8 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.stopping import RunLimits
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -69,6 +71,27 @@ class Settings(BaseSettings):
         "row; at the next death it is parked, not claimed again (a step that kills its "
         "process would crash every worker in turn)",
     )
+    # -- control, docs/controlling-runs.md --
+    max_events_per_run: int = Field(
+        default=10_000_000, ge=100,
+        description="a run that reaches this many events fails (RunawayLimitError, naming "
+        "the step), instead of filling the disk; a million-event run is an ordinary one",
+    )
+    max_checkpoints_per_minute: int = Field(
+        default=60_000, ge=1,
+        description="a step attempt that writes more checkpoints than this within a minute "
+        "fails its run (RunawayLimitError): a loop checkpointing without progress",
+    )
+    step_timeout_grace_s: float = Field(
+        default=2.0, ge=0,
+        description="past a step attempt's timeout (or the run's deadline), how long its "
+        "driver waits for it to reach a checkpoint before it abandons the attempt",
+    )
+    cancel_poll_s: float = Field(
+        default=1.0, gt=0,
+        description="how often a process driving runs looks for cancel requests on them",
+    )
+    # -- retention, docs/operations.md --
     retention_finished_after_s: float | None = Field(
         default=None, gt=0,
         description="retention: a projector (`stepstone projections run`) prunes runs that "
@@ -92,6 +115,13 @@ class Settings(BaseSettings):
                 f"the lease ({self.lease_duration_s}s), or leases expire between heartbeats"
             )
         return self
+
+    def run_limits(self) -> RunLimits:
+        return RunLimits(
+            max_events_per_run=self.max_events_per_run,
+            max_checkpoints_per_minute=self.max_checkpoints_per_minute,
+            step_timeout_grace_s=self.step_timeout_grace_s,
+        )
 
     def for_worker(self) -> Settings:
         """These settings sized for a worker: every run in flight saves through the store's

@@ -20,15 +20,32 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"  # stopped at its deadline, as a cancel would have stopped it
     PARKED = "parked"  # audit: diverged on resume, waits for compatible code (not terminal)
+    # Observed, never recorded: the log says running but no live process holds the run (its
+    # holder died or lost the store). `engine.liveness` derives it from the lease at read time.
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-"""Nothing may follow the event that ends a run in one of these."""
+TERMINAL = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.TIMED_OUT}
+)
+"""Nothing may follow the event that ends a run in one of these (but a forced resume of a
+cancelled or timed-out run, `STOPPED`, which is recorded as such)."""
+
+STOPPED = frozenset({RunStatus.CANCELLED, RunStatus.TIMED_OUT})
+"""Ended from outside the run's code (a cancel, its deadline): `resume --force` may reopen."""
+
+OBSERVED = frozenset({RunStatus.INTERRUPTED})
+"""Statuses no event records: what a reader sees when the log's status is contradicted by the
+leases at that moment (`engine.liveness`)."""
+
+RECORDED = tuple(s for s in RunStatus if s not in OBSERVED)
+"""The statuses a run's log can put it in (the views count these)."""
 
 
 class StepStatus(StrEnum):
@@ -49,6 +66,7 @@ STATUS_AFTER: dict[type[ev.RunEvent], RunStatus] = {
     ev.RunCompleted: RunStatus.COMPLETED,
     ev.RunFailed: RunStatus.FAILED,
     ev.RunCancelled: RunStatus.CANCELLED,
+    ev.RunTimedOut: RunStatus.TIMED_OUT,
     ev.RunParked: RunStatus.PARKED,
 }
 """The run's status after each event that changes it; the other events leave it as it was."""

@@ -45,8 +45,8 @@ class StepAttemptsView(View):
     handles = _STEP_KINDS
     ignores = frozenset({  # a step's attempts are all it shows (a reused step ran none)
         ev.RunStarted, ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired,
-        ev.RunPreempted, ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.PatchMarked,
-        ev.StepReused, ev.RunParked,
+        ev.RunPreempted, ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut,
+        ev.PatchMarked, ev.StepReused, ev.RunParked,
     })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:

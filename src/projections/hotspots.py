@@ -59,8 +59,8 @@ class HotspotsView(View):
     handles = _KINDS
     ignores = frozenset({  # it counts attempts, knowing their run's workflow
         ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.RunPreempted,
-        ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.PatchMarked, ev.StepReused,
-        ev.RunParked,
+        ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut, ev.PatchMarked,
+        ev.StepReused, ev.RunParked,
     })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:

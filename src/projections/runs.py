@@ -11,10 +11,12 @@ from typing import Any
 
 from engine.events import (
     PatchMarked,
+    RunCancelled,
     RunFailed,
     RunParked,
     RunPreempted,
     RunStarted,
+    RunTimedOut,
     StepCheckpointed,
     StepCompleted,
     StepFailed,
@@ -77,7 +79,8 @@ def _new_row(run_id: str) -> dict[str, Any]:
 # time, worker and position).
 _CASES: Events = frozenset({
     StepStarted, StepCheckpointed, StepCompleted, StepFailed, StepPreempted, TimerStarted,
-    TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed,
+    TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed, RunCancelled,
+    RunTimedOut,
 })
 _HANDLES = _CASES | frozenset(STATUS_TEXT_AFTER)
 _RUNNING, _FAILED, _PREEMPTED, _WAITING = (
@@ -173,9 +176,21 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
         row["last_error_type"] = d["error_type"]
         row["last_error_message"] = d["message"]
         row["last_error_step"] = d["step_key"]
+    elif kind is RunCancelled:  # control: why it was stopped, where the views show errors
+        row["last_error_type"] = RunCancelled.__name__
+        row["last_error_message"] = f"by {d['by']}: {d['reason']}"
+        row["last_error_step"] = row["current_step"]
+    elif kind is RunTimedOut:
+        row["last_error_type"] = RunTimedOut.__name__
+        row["last_error_message"] = f"deadline {_text(d['deadline'])} passed"
+        row["last_error_step"] = d.get("step_key")
     if status in TERMINAL_TEXT:
         row["finished_at"] = ts
         _leave_step(row)
+
+
+def _text(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _leave_step(row: dict[str, Any]) -> None:

@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine import events as ev
-from engine.status import RunStatus
+from engine.status import RECORDED, RunStatus
 from projections.facts import Fact
 from projections.sql import Rows, Table, Tx
 from projections.view import STATUS_TEXT_AFTER, View, seconds_between, touched_runs
 
 # One count column per status of the engine, in its order (a new status is a new column: the
 # view's schema check then asks for a rebuild).
-STATUSES = tuple(status.value for status in RunStatus)
+STATUSES = tuple(status.value for status in RECORDED)
 _COMPLETED = RunStatus.COMPLETED.value
 STATS = Table(
     name="workflow_stats",

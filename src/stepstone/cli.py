@@ -1,7 +1,8 @@
 """`stepstone`: run, resume and inspect durable workflows from a shell.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input or usage (nothing written), 3 the run is
-parked (its code no longer replays its history), 75 interrupted with progress saved
+parked (its code no longer replays its history), 4 the run was cancelled or passed its
+deadline (timed out), 75 interrupted with progress saved
 (EX_TEMPFAIL: a preemption, a store fault, a lost lease or a write conflict; run the same
 command again to resume), 130 forced exit.
 """
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +22,7 @@ import click
 import orjson
 
 from engine import (
+    STOPPED,
     Engine,
     EngineError,
     LeaseLostError,
@@ -39,14 +42,17 @@ from stepstone.common import (
     EXIT_FORCED,
     EXIT_PARKED,
     EXIT_PREEMPTED,
+    EXIT_STOPPED,
     basic_logging,
     fail,
     log_format_option,
     open_engine,
+    parse_duration,
     parse_run_id,
     setup_logging,
     store_options,
 )
+from stepstone.control_cli import cancel
 from stepstone.projections_cli import projections
 from stepstone.serve_cli import serve
 from stepstone.worker_cli import worker
@@ -103,6 +109,10 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
         sys.exit(EXIT_PREEMPTED)
     if result.status is RunStatus.FAILED:
         sys.exit(EXIT_FAILED)
+    if result.status in STOPPED:
+        info = engine.status(result.run_id)
+        click.echo(f"run {result.run_id} {info.status.value}: {info.reason}", err=True)
+        sys.exit(EXIT_STOPPED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,12 +162,17 @@ def demo(records: int, chunk: int, seed: int, workdir: str, database_url: str | 
 @click.option("--key", help="Idempotency key: the same key always means the same run.")
 @click.option("--enqueue", is_flag=True,
               help="Only record the run and print its id; a `stepstone worker` drives it.")
+@click.option("--timeout", "timeout_text", metavar="DURATION",
+              help="Stop the run this long after it starts (90s, 15m, 2h, 1h30m, 7d); it then "
+              "ends timed_out. Default: the workflow's own timeout, if any.")
 @store_options
 @log_format_option
 def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
-            database_url: str | None, as_json: bool, log_format: str) -> None:
+            timeout_text: str | None, database_url: str | None, as_json: bool,
+            log_format: str) -> None:
     """Run a workflow; an unfinished run with the same input is resumed instead."""
     setup_logging(log_format)
+    timeout = parse_duration(timeout_text, "--timeout") if timeout_text is not None else None
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -169,7 +184,7 @@ def run_cmd(reference: str, input_json: str, key: str | None, enqueue: bool,
     quoted = input_json.replace("'", "'\\''")
     hint = f"stepstone run {reference} --input '{quoted}'" + (f" --key {key}" if key else "")
     with open_engine(database_url) as engine, store_faults_exit(hint):
-        run_id = key_or_unfinished(engine, wf, data, key)
+        run_id = key_or_unfinished(engine, wf, data, key, timeout)
         if enqueue:
             if as_json:
                 output.emit_json({"run_id": str(run_id), "queue": wf.queue})
@@ -193,23 +208,29 @@ def parse_input(text: str) -> dict[str, Any]:
 
 
 def key_or_unfinished(engine: Engine, wf: Workflow[..., Any], data: dict[str, Any],
-                      key: str | None) -> UUID:
+                      key: str | None, timeout: timedelta | None = None) -> UUID:
     if key is None:
         unfinished = engine.unfinished_runs(wf, data)
         if unfinished:
             click.echo(f"resuming unfinished run {unfinished[-1]}", err=True)
+            if timeout is not None:
+                click.echo("--timeout applies to new runs; this one keeps the deadline it "
+                           "started with", err=True)
             return unfinished[-1]
-    return engine.start(wf, data, key=key)
+    return engine.start(wf, data, key=key, deadline=timeout)
 
 
 @main.command()
 @click.argument("run_id")
 @click.option("--workflow", "reference", metavar="MODULE:WORKFLOW",
               help="Where the workflow code is, if not where the run recorded it.")
+@click.option("--force", is_flag=True,
+              help="Reopen a cancelled or timed-out run (recorded as a forced resume; its "
+              "deadline is lifted) and drive it on from its log.")
 @store_options
 @log_format_option
-def resume(run_id: str, reference: str | None, database_url: str | None, as_json: bool,
-           log_format: str) -> None:
+def resume(run_id: str, reference: str | None, force: bool, database_url: str | None,
+           as_json: bool, log_format: str) -> None:
     """Resume a run from where its log says it stopped."""
     setup_logging(log_format)
     rid = parse_run_id(run_id)
@@ -219,7 +240,11 @@ def resume(run_id: str, reference: str | None, database_url: str | None, as_json
     with open_engine(database_url, create=False) as engine, store_faults_exit(hint):
         if reference:
             engine.register(load_workflow(reference))
-        drive(engine, lambda: engine.resume(rid), hint, as_json)
+        info = engine.status(rid)
+        if info.status in STOPPED and not force:
+            fail(f"run {rid} is {info.status.value} ({info.reason}); nothing was written. "
+                 f"To drive it on from its log anyway: stepstone resume --force {rid}")
+        drive(engine, lambda: engine.resume(rid, force=force), hint, as_json)
 
 
 @main.command()
@@ -231,6 +256,7 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
     with open_engine(database_url, create=False) as engine:
         info = engine.status(rid)
         fields = output.info_dict(info)
+        fields["events"], fields["log_bytes"] = engine.store.reader.size_of(rid)
         place = engine.placement(rid)
         if place is not None:  # who should drive it next (the index beside the log)
             fields["queue"] = place.queue
@@ -246,6 +272,7 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 main.add_command(history_cli.runs)
 main.add_command(history_cli.history)
+main.add_command(cancel)
 main.add_command(projections)
 main.add_command(worker)
 main.add_command(serve)

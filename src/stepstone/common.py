@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import click
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from engine import Engine, EngineError, Settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARKED = 3
+EXIT_STOPPED = 4  # cancelled, or stopped at its deadline
 EXIT_PREEMPTED = 75
 EXIT_FORCED = 130
 
@@ -100,3 +103,25 @@ def parse_run_id(text: str) -> UUID:
         return UUID(text)
     except ValueError:
         fail(f"{text!r} is not a run id (a UUID, as `stepstone runs` prints)")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `1h30m`, `7d`, plain seconds, or ISO 8601 (`PT2H`): a positive
+    duration, or a one-line error (exit 2)."""
+    raw = text.strip().lower()
+    seconds: float | None = None
+    if raw and _DURATION.sub("", raw) == "":
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(raw))
+    else:
+        try:
+            seconds = TypeAdapter(timedelta).validate_python(text.strip()).total_seconds()
+        except ValidationError:
+            seconds = None
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        fail(f"{option} {text!r} is not a positive duration; write it like 90s, 15m, 2h, "
+             "1h30m or 7d")
+    return timedelta(seconds=seconds)

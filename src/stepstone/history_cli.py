@@ -14,7 +14,6 @@ import click
 
 from engine import HistoryEntry, RunStatus
 from engine.audit.history import event_classes
-from engine.run_listing import find_runs
 from stepstone import output
 from stepstone.common import fail, open_engine, parse_run_id, store_options
 from stepstone.moments import parse_past
@@ -89,8 +88,8 @@ def runs(limit: int, status_names: str | None, workflow: str | None, since: str 
     except ValueError as e:
         fail(str(e))
     with open_engine(database_url, create=False) as engine:
-        infos = find_runs(engine.store, limit=limit, statuses={known[n] for n in wanted},
-                          workflow=workflow, since=start)
+        infos = engine.find_runs(limit=limit, statuses={known[n] for n in wanted},
+                                 workflow=workflow, since=start)
         if as_json:
             output.emit_json([output.info_dict(i) for i in infos])
         else:

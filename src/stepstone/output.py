@@ -45,9 +45,9 @@ def show_runs(infos: list[RunInfo]) -> None:
     if not infos:
         click.echo("no runs yet")
         return
-    click.echo(f"{'RUN ID':36}  {'WORKFLOW':20} {'STATUS':10} {'STEPS':>7}  {'STARTED (UTC)':19}")
+    click.echo(f"{'RUN ID':36}  {'WORKFLOW':20} {'STATUS':11} {'STEPS':>7}  {'STARTED (UTC)':19}")
     for i in infos:
         click.echo(
-            f"{i.run_id!s:36}  {cut(i.workflow, 20):20} {i.status.value:10} "
+            f"{i.run_id!s:36}  {cut(i.workflow, 20):20} {i.status.value:11} "
             f"{i.steps_completed:>7}  {i.started_at:%Y-%m-%d %H:%M:%S}"
         )

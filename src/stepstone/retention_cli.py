@@ -18,10 +18,13 @@ from tqdm import tqdm
 from engine import RunStatus
 from engine.audit.archive import ArchiveError, import_archive, verify_archive
 from engine.audit.retention import Policy
+from engine.status import TERMINAL
 from stepstone import output
 from stepstone.common import EXIT_FAILED, fail, open_engine, store_options
 from stepstone.moments import parse_past
 from stepstone.pruning import PruneReport, RebuildInProgressError, prune
+
+TERMINAL_ORDER = [s for s in RunStatus if s in TERMINAL]
 
 
 def _archive_path(text: str) -> Path:
@@ -44,7 +47,7 @@ def _archive_path(text: str) -> Path:
 @click.option("--finished-before", "before", required=True, metavar="DATE|DURATION",
               help="Runs that finished before then: 2026-01-31, 2026-01-31T12:00:00Z or 90d.")
 @click.option("--workflow", help="Only the runs of this workflow (its name).")
-@click.option("--status", "status_names", default="completed,failed,cancelled",
+@click.option("--status", "status_names", default=",".join(s.value for s in TERMINAL_ORDER),
               show_default=True, metavar="STATUS[,STATUS]",
               help="Only runs that ended in these statuses (finished ones only).")
 @click.option("--archive", "archive_path", metavar="FILE.jsonl.gz",

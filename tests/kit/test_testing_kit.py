@@ -75,7 +75,8 @@ def test_crash_at_step_n_kills_the_process_and_resume_reruns_only_that_step(
     inputs = {"ledger": ledger.path, "posts": POSTS}
     first = harness.run(kitwf.pipeline, inputs, fault=Fault.crash(step=3, when=when))  # type: ignore[arg-type]
     assert first.interrupted
-    assert first.status is RunStatus.RUNNING  # a dead process records nothing about dying
+    # A dead process records nothing about dying: the log says running, its lease says nobody.
+    assert first.status is RunStatus.INTERRUPTED
     ran = executions(ledger, first.run_id)
     # The third execution is post#1: it started (and, at "end", ran) but never completed.
     expected = {"post#0": 1, "process_chunks#0": 1} | ({"post#1": 1} if when == "end" else {})
@@ -103,7 +104,8 @@ def test_fault_at_checkpoint_k_resumes_from_that_checkpoint(
     assert first.interrupted
     run_id = first.run_id
     chunk = f"{run_id}/process_chunks#0"
-    expected_status = RunStatus.PREEMPTED if kind == "preempt" else RunStatus.RUNNING
+    # A crash or a halt leaves the log saying running with nobody holding it: interrupted.
+    expected_status = RunStatus.PREEMPTED if kind == "preempt" else RunStatus.INTERRUPTED
     assert first.status is expected_status
     checkpoints = [e.fields for e in harness.history(run_id) if e.event_type == "StepCheckpointed"]
     assert [c["state"] for c in checkpoints] == [1, 2]

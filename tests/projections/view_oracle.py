@@ -28,11 +28,11 @@ from projections import Projector
 _STATUS = {
     ev.RunStarted: "pending", ev.RunResumed: "running", ev.StepStarted: "running",
     ev.RunPreempted: "preempted", ev.RunCompleted: "completed", ev.RunFailed: "failed",
-    ev.RunCancelled: "cancelled",
+    ev.RunCancelled: "cancelled", ev.RunTimedOut: "timed_out",
 }
 _QUIET = (ev.StepCheckpointed, ev.StepCompleted, ev.StepFailed, ev.StepPreempted)
 STATUSES = ("pending", "running", "preempted", "waiting", "completed", "failed", "cancelled",
-            "parked")
+            "timed_out", "parked")
 
 
 def canonical(kind: str, value: Any) -> Any:
@@ -164,9 +164,17 @@ def _fold_run(
         if isinstance(e, (ev.StepFailed, ev.RunFailed)):
             run["last_error_type"], run["last_error_message"] = e.error_type, e.message
             run["last_error_step"] = e.step_key
+        if isinstance(e, ev.RunCancelled):  # why it was stopped, where errors are shown
+            run["last_error_type"] = "RunCancelled"
+            run["last_error_message"] = f"by {e.by}: {e.reason}"
+            run["last_error_step"] = run["current_step"]
+        if isinstance(e, ev.RunTimedOut):
+            run["last_error_type"] = "RunTimedOut"
+            run["last_error_message"] = f"deadline {e.deadline.isoformat()} passed"
+            run["last_error_step"] = e.step_key
         if not isinstance(e, _QUIET):
             run["status"] = _STATUS[type(e)]
-        if run["status"] in ("completed", "failed", "cancelled"):
+        if run["status"] in ("completed", "failed", "cancelled", "timed_out"):
             run["finished_at"] = run["finished_at"] or ts
             run["current_step"] = run["current_step_status"] = None
         run["updated_at"], run["worker"], run["last_position"] = ts, e.worker_id, position

@@ -209,7 +209,8 @@ async function loadWorkflows() {
   $("workflows").replaceChildren(...items.map((w) => el("div", { class: "card" },
     el("h3", {}, w.workflow),
     el("div", { class: "counts" },
-      ...vocab.statuses.map((s) => el("span", {}, el("b", {}, w[s]), " " + s)),
+      // Counted statuses only: `interrupted` is read off the leases, per run, not counted.
+      ...vocab.statuses.filter((s) => s in w).map((s) => el("span", {}, el("b", {}, w[s]), " " + s)),
       el("span", {}, "p50 ", el("b", {}, fmtDur(w.duration_p50_s) || "–")),
       el("span", {}, "p95 ", el("b", {}, fmtDur(w.duration_p95_s) || "–"))))));
 }
@@ -273,7 +274,9 @@ function renderRun(run) {
     fact("Step progress", run.progress ? `${run.progress.done ?? 0} / ${run.progress.total}` : "–"),
     fact("Attempts", run.attempts), fact("Retries", run.retries),
     fact("Preemptions", run.preemptions), fact("Crashes", run.crashes),
-    fact("Worker", run.worker), fact("Started", fmtTime(run.started_at)),
+    fact("Worker", run.worker), fact("Held by", run.held_by || "nobody now"),
+    ...(run.last_seen_at ? [fact("Last seen alive", fmtTime(run.last_seen_at))] : []),
+    fact("Started", fmtTime(run.started_at)),
     fact("Updated", fmtTime(run.updated_at)), fact("Finished", fmtTime(run.finished_at) || "–"),
     fact("Log position", run.last_position));
   const err = run.last_error;
@@ -396,6 +399,20 @@ async function showRun(id) {
   state.runSource = src;
 }
 
+// Liveness (docs/controlling-runs.md): a run whose process died records nothing, so no event
+// would ever move its row from running to interrupted. Rows that show a live status are read
+// again every few seconds: at most one page's worth of requests.
+const LIVE = new Set(["running", "interrupted"]);
+async function refreshLiveness() {
+  if (!$("run-view").hidden && runView.run && LIVE.has(runView.run.status)) {
+    renderRun(await getJSON(`/runs/${runView.run.run_id}`));
+    return;
+  }
+  if ($("list-view").hidden) return;
+  const rows = [...$("runs").tBodies[0].rows].filter((r) => LIVE.has(r.dataset.status));
+  for (const row of rows) upsertRun(await getJSON(`/runs/${row.dataset.run}`), false);
+}
+
 function closeStreams() {
   for (const key of ["source", "runSource"]) { if (state[key]) { state[key].close(); state[key] = null; } }
 }
@@ -422,6 +439,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
+  setInterval(() => refreshLiveness().catch(() => {}), 5000);
   // The statuses first (the list and its filter are built from them); without them the runs
   // still show, with no status filter.
   loadVocabulary().catch((e) => setLive(false, "vocabulary: " + e.message)).then(route);

@@ -36,8 +36,9 @@ from engine.store import RunStore
 
 log = get_logger("stepstone.retention")
 
-QUEUE_TABLE = "stepstone_queue"
-"""The runnable index's table (`engine.workers.leases`), whose row of a run goes with it."""
+INDEX_TABLES = ("stepstone_queue", "stepstone_cancel_requests")
+"""The tables beside the log keyed by run id (`engine.workers.leases`: the runnable index and
+its leases, the cancel requests), whose rows of a run go with it."""
 
 
 class Executor(Protocol):
@@ -128,7 +129,8 @@ def batches(chosen: Iterable[Candidate], *, max_runs: int = 100,
 
 def remove(store: RunStore, tx: Executor, batch: Sequence[Candidate], *,
            forget: Forget | None = None, queue: bool = True) -> list[Candidate]:
-    """Delete the batch's runs inside `tx`; returns those deleted. A run whose last version
+    """Delete the batch's runs inside `tx` (with their rows beside the log unless `queue` is
+    false: tables a store without workers may lack); returns those deleted. A run whose last version
     is not the one it was chosen (and archived) at is kept, and so is the run holding the
     newest event of a SQLite log (see the module's note)."""
     d = store.dialect
@@ -159,6 +161,7 @@ def remove(store: RunStore, tx: Executor, batch: Sequence[Candidate], *,
             tx.execute(f"DELETE FROM {d.snapshots_table} "
                        f"WHERE originator_id = {d.run_id_param()}", key)
         if queue:
-            tx.execute(f"DELETE FROM {d.qualify(QUEUE_TABLE)} WHERE run_id = ?",
-                       (str(c.run_id),))
+            for table in INDEX_TABLES:
+                tx.execute(f"DELETE FROM {d.qualify(table)} WHERE run_id = ?",
+                           (str(c.run_id),))
     return keep

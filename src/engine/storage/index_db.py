@@ -58,6 +58,7 @@ class SqliteDb:
             "queue_owner": "stepstone_queue_owner",
             "limits": "stepstone_limits",
             "sweep": "stepstone_queue_sweep",
+            "cancels": "stepstone_cancel_requests",
         }
 
     @contextmanager
@@ -115,6 +116,7 @@ class PostgresDb:
             "queue_owner": "stepstone_queue_owner",
             "limits": q("stepstone_limits"),
             "sweep": q("stepstone_queue_sweep"),
+            "cancels": q("stepstone_cancel_requests"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
         }
 

@@ -140,3 +140,14 @@ class LogReader:
         """The position of the run's first event at or after `version`, if any."""
         rows = self.run_events(run_id, after_version=version - 1, limit=1)
         return rows[0].position if rows else None
+
+    def size_of(self, run_id: UUID) -> tuple[int, int]:
+        """How many events the run has and how many bytes their stored payloads take (one
+        aggregate query on the run's index: what `stepstone status` shows of a run's log)."""
+        d = self.dialect
+        rows = self._fetch(
+            f"SELECT count(*), coalesce(sum(length(state)), 0) FROM {d.events_table} "
+            f"WHERE originator_id = {d.run_id_param()}",
+            (d.run_id_value(run_id),),
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)

@@ -172,6 +172,10 @@ class _CheckingSink:
     def preemption_requested(self) -> bool:
         return self._inner.preemption_requested
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self._inner.cancel_requested
+
 
 def _step_twin(step: Step[..., Any], injector: FaultInjector) -> Step[..., Any]:
     def body(*args: Any, **kwargs: Any) -> Any:
@@ -184,7 +188,7 @@ def _step_twin(step: Step[..., Any], injector: FaultInjector) -> Step[..., Any]:
         injector.step_ends(ctx.step_key)
         return value
 
-    twin: Step[..., Any] = Step(body, step.name, step.retry)
+    twin: Step[..., Any] = Step(body, step.name, step.retry, step.timeout_s)
     twin.codec = step.codec  # the real step's declared output type, not the wrapper's
     return twin
 

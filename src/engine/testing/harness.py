@@ -54,7 +54,8 @@ class FaultNotReachedError(AssertionError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one drive of a run ended, and the run's status in the log afterwards."""
+    """How one drive of a run ended, and the run's status afterwards (as `Engine.status`
+    observes it: `interrupted` after a crash or a halt, since nobody holds the run then)."""
 
     run_id: UUID
     status: RunStatus

@@ -16,15 +16,21 @@ from uuid import UUID
 
 from engine.errors import EngineError, LeaseLostError
 from engine.logcontext import get_logger
+from engine.stopping import CancelRequest
+from engine.workers.cancels import cancel_requests
 from engine.workers.leases import LeaseStore
 
 log = get_logger("stepstone.worker")
 
 
 class LeaseKeeper:
+    """Renews held leases every `interval_s`, and polls for cancel requests on the held runs
+    every `cancel_poll_s` (engine.workers.cancels), so a driver sees one at its next
+    checkpoint without a query of its own."""
+
     def __init__(
         self, leases: LeaseStore, owner: str, *, lease_s: float, interval_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, cancel_poll_s: float = 1.0,
     ) -> None:
         """`clock` measures local validity (monotonic seconds); tests pass one they move."""
         if interval_s >= lease_s:
@@ -40,6 +46,8 @@ class LeaseKeeper:
         self.clock = clock
         self._valid_until: dict[UUID, float] = {}
         self._lost: dict[UUID, str] = {}
+        self.cancel_poll_s = cancel_poll_s
+        self._cancels: dict[UUID, CancelRequest] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,6 +75,30 @@ class LeaseKeeper:
         with self._lock:
             self._valid_until.pop(run_id, None)
             self._lost.pop(run_id, None)
+            self._cancels.pop(run_id, None)
+
+    def note_cancel(self, run_id: UUID, request: CancelRequest | None) -> None:
+        """A request found when the run was taken (before the first poll)."""
+        if request is not None:
+            with self._lock:
+                self._cancels[run_id] = request
+
+    def cancel_requested(self, run_id: UUID) -> CancelRequest | None:
+        """A cancel asked for this held run, as of the last poll (no query: a dict look-up,
+        made at every checkpoint)."""
+        return self._cancels.get(run_id)
+
+    def poll_cancels(self) -> None:
+        run_ids = self.held()
+        if not run_ids:
+            return
+        found = cancel_requests(self.leases, run_ids)
+        with self._lock:
+            for run_id, request in found.items():
+                if run_id in self._valid_until and run_id not in self._cancels:
+                    log.info("run %s: cancel requested by %s (%s)", run_id, request.by,
+                             request.reason)
+                    self._cancels[run_id] = request
 
     def held(self) -> list[UUID]:
         with self._lock:
@@ -106,8 +138,17 @@ class LeaseKeeper:
             log.warning("lost the lease on run %s: another worker holds it now", run_id)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        tick = min(self.interval_s, self.cancel_poll_s)
+        next_renewal = time.monotonic() + self.interval_s
+        while not self._stop.wait(tick):
+            if time.monotonic() >= next_renewal:
+                next_renewal = time.monotonic() + self.interval_s
+                try:
+                    self.renew()
+                except EngineError as e:
+                    log.warning("heartbeat failed (will retry in %.1fs): %s",
+                                self.interval_s, e)
             try:
-                self.renew()
+                self.poll_cancels()
             except EngineError as e:
-                log.warning("heartbeat failed (will retry in %.1fs): %s", self.interval_s, e)
+                log.debug("could not poll for cancel requests: %s", e)

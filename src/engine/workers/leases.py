@@ -53,7 +53,8 @@ _DDL = (
         takeovers INTEGER NOT NULL DEFAULT 0,
         owner_host TEXT,
         owner_pid INTEGER,
-        note TEXT
+        note TEXT,
+        heartbeat_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS {queue_ready} ON {queue} (queue, available_at)",
     "CREATE INDEX IF NOT EXISTS {queue_owner} ON {queue} (lease_owner)",
@@ -64,6 +65,13 @@ _DDL = (
     """CREATE TABLE IF NOT EXISTS {sweep} (
         id INTEGER PRIMARY KEY,
         position BIGINT NOT NULL
+    )""",
+    # Cancels asked for and not yet recorded by the run's holder (engine.workers.cancels).
+    """CREATE TABLE IF NOT EXISTS {cancels} (
+        run_id TEXT PRIMARY KEY,
+        requested_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_at DOUBLE PRECISION NOT NULL
     )""",
 )
 
@@ -91,6 +99,9 @@ class QueueRow:
     claims: int
     takeovers: int
     note: str | None
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    heartbeat_at: float | None = None
 
 
 def workflow_scope(name: str) -> str:
@@ -120,6 +131,15 @@ class LeaseStore:
         self._call(self._create)
 
     # -- plumbing -------------------------------------------------------------------------
+    def call(self, fn: Callable[[_Cursor], _T], *, exclusive: bool = False) -> _T:
+        """Run `fn(cursor)` in one transaction on the index's connection (for the modules
+        that keep tables of their own beside it: `engine.workers.cancels`)."""
+        return self._call(fn, exclusive=exclusive)
+
+    def sql(self, text: str) -> str:
+        """`text` with the index's table names filled in (`{queue}`, `{cancels}`...)."""
+        return self._sql(text)
+
     def _call(self, fn: Callable[[Any], _T], *, exclusive: bool = False) -> _T:
         """Run `fn` in one transaction; once more on a fresh connection if the first one was
         dead (a database restart while it sat idle) and the failure left nothing done."""
@@ -146,6 +166,8 @@ class LeaseStore:
             cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
         for ddl in _DDL:
             cur.execute(self._sql(ddl))
+        add_missing_column(cur, self.location, self._sql("{queue}"), "stepstone_queue",
+                           "heartbeat_at", "DOUBLE PRECISION")
 
     def close(self) -> None:
         self._db.close()
@@ -162,13 +184,13 @@ class LeaseStore:
             cur.execute(
                 self._sql(
                     "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
-                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid) VALUES "
-                    "(%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, %(owner)s, %(exp)s, "
-                    "%(host)s, %(pid)s) ON CONFLICT (run_id) DO NOTHING"
+                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid, "
+                    "heartbeat_at) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, "
+                    "%(owner)s, %(exp)s, %(host)s, %(pid)s, %(hb)s) ON CONFLICT (run_id) DO NOTHING"
                 ),
                 {"id": str(run_id), "wf": workflow, "q": queue, "now": now, "owner": owner,
                  "exp": now + lease_s if owner else None, "host": _HOST if owner else None,
-                 "pid": os.getpid() if owner else None},
+                 "pid": os.getpid() if owner else None, "hb": now if owner else None},
             )
             self._set_limits(cur, limits)
             if owner is None:
@@ -263,10 +285,10 @@ class LeaseStore:
                     self._sql(
                         "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                         "claims = claims + 1, takeovers = %(t)s, owner_host = %(host)s, "
-                        "owner_pid = %(pid)s WHERE run_id = %(id)s"
+                        "owner_pid = %(pid)s, heartbeat_at = %(now)s WHERE run_id = %(id)s"
                     ),
                     {"o": owner, "exp": now + lease_s, "t": c.takeovers, "id": str(c.run_id),
-                     "host": _HOST, "pid": os.getpid()},
+                     "host": _HOST, "pid": os.getpid(), "now": now},
                 )
             return picked
 
@@ -312,10 +334,10 @@ class LeaseStore:
                 self._sql(
                     "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                     "state = 'ready', claims = claims + 1, note = NULL, owner_host = %(host)s, "
-                    "owner_pid = %(pid)s WHERE run_id = %(id)s"
+                    "owner_pid = %(pid)s, heartbeat_at = %(now)s WHERE run_id = %(id)s"
                 ),
                 {"o": owner, "exp": now + lease_s, "id": str(run_id), "host": _HOST,
-                 "pid": os.getpid()},
+                 "pid": os.getpid(), "now": now},
             )
             return None
 
@@ -332,10 +354,10 @@ class LeaseStore:
             for run_id in run_ids:
                 cur.execute(
                     self._sql(
-                        "UPDATE {queue} SET lease_expires_at = %(exp)s WHERE run_id = %(id)s "
-                        "AND lease_owner = %(o)s AND state = 'ready'"
+                        "UPDATE {queue} SET lease_expires_at = %(exp)s, heartbeat_at = %(now)s "
+                        "WHERE run_id = %(id)s AND lease_owner = %(o)s AND state = 'ready'"
                     ),
-                    {"exp": now + lease_s, "id": str(run_id), "o": owner},
+                    {"exp": now + lease_s, "id": str(run_id), "o": owner, "now": now},
                 )
                 if cur.rowcount == 1:
                     kept.add(run_id)
@@ -372,7 +394,8 @@ class LeaseStore:
             cur.execute(
                 self._sql(
                     "SELECT run_id, workflow, queue, state, available_at, lease_owner, "
-                    "lease_expires_at, claims, takeovers, note FROM {queue} WHERE run_id = %(id)s"
+                    "lease_expires_at, claims, takeovers, note, owner_host, owner_pid, "
+                    "heartbeat_at FROM {queue} WHERE run_id = %(id)s"
                 ),
                 {"id": str(run_id)},
             )
@@ -380,7 +403,7 @@ class LeaseStore:
             if not rows:
                 return None
             r = rows[0]
-            return QueueRow(UUID(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+            return QueueRow(UUID(r[0]), *r[1:])
 
         return self._call(do)
 
@@ -435,6 +458,23 @@ class LeaseStore:
             return added
 
         return self._call(do)
+
+
+def add_missing_column(cur: _Cursor, location: StoreLocation, table: str, bare: str,
+                       column: str, kind: str) -> None:
+    """Add a column that a table made by an older release lacks (asked first: an ALTER locks
+    the table even when there is nothing to do)."""
+    if location.kind == "postgres":
+        cur.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = %(s)s "
+            "AND table_name = %(t)s AND column_name = %(c)s",
+            {"s": location.schema, "t": bare, "c": column},
+        )
+    else:
+        cur.execute(f"SELECT 1 FROM pragma_table_info('{bare}') WHERE name = %(c)s",
+                    {"c": column})
+    if not cur.fetchall():
+        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def process_alive(pid: int) -> bool:
