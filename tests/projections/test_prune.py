@@ -256,3 +256,33 @@ def test_a_following_projector_applies_the_policy_on_its_period(
     proc.send_signal(signal.SIGTERM)
     assert procs.finish(proc) == 0, procs.output(proc)
     store.close()
+
+
+def test_the_api_reads_around_the_holes_a_prune_leaves(store_url: str) -> None:
+    import sys
+
+    api_tests = str(Path(__file__).parents[1] / "api")  # the API tests' client factory
+    if api_tests not in sys.path:
+        sys.path.insert(0, api_tests)
+    from world import client_for
+
+    store = open_store(store_url)
+    sims = random_runs(store, 30, 12, seed=19)
+    code, out, err = invoke("prune", "--finished-before", CUTOFF, "--db", store_url, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    gone = set(report["chosen"]) - set(report["kept"])
+    assert gone
+    left = {str(s.run.id) for s in sims} - gone
+    with client_for(store_url) as client:
+        listed = {r["run_id"] for r in client.get("/runs", params={"limit": 100}).json()["items"]}
+        assert listed == left
+        for rid in list(gone)[:3]:
+            assert client.get(f"/runs/{rid}").status_code == 404
+            assert client.get(f"/runs/{rid}/events").status_code == 404
+        for rid in left:
+            page = client.get(f"/runs/{rid}/events", params={"limit": 1000}).json()
+            assert [e["version"] for e in page["items"]] == list(
+                range(1, store.load(UUID(rid)).version + 1))
+        assert client.get("/readyz").status_code == 200
+    store.close()
