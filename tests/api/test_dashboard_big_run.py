@@ -27,6 +27,7 @@ EVENTS = int(os.environ.get("STEPSTONE_TEST_BIG_RUN_EVENTS", "1000000"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # writing and projecting the million events takes a minute or two
 def test_run_page_of_a_million_events_is_bounded(tmp_path: Path) -> None:
     chromium = chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
@@ -52,9 +53,10 @@ def test_run_page_of_a_million_events_is_bounded(tmp_path: Path) -> None:
             expect(page.locator("#checkpoints tbody tr")).to_have_count(100)
             expect(page.locator("#timeline .tl-row")).to_have_count(1)
             expect(page.locator("#live-text")).to_have_text("run finished", timeout=30_000)
-            # The run, its attempts, newest events and checkpoints, the stream; once more
-            # (without the run) when the stream says the run has ended.
-            assert len(asked) <= 10, asked
+            # The run, its attempts, newest events and checkpoints, the stream; then a refresh
+            # or two of the attempts, new events and checkpoints as the stream reports the run
+            # and its end: a handful, whatever the run's size (it was 1,824 before).
+            assert len(asked) <= 16, asked
             newest = page.locator("#events tbody tr").first.inner_text()
             before = len(asked)
             page.locator("#older-events").click()
