@@ -245,11 +245,27 @@ class Reads:
             next_cursor=_encode_cursor(offset + limit) if more else None,
         )
 
-    def events_of(self, run_id: UUID, *, limit: int, cursor: str | None) -> m.EventPage | None:
-        """The run's events from the log in order; None if the log has no such run."""
+    def events_of(self, run_id: UUID, *, limit: int, cursor: str | None,
+                  before: int | None = None, topics: Sequence[str] = ()
+                  ) -> m.EventPage | None:
+        """The run's events from the log in order; None if the log has no such run.
+
+        `before` (a version) pages backwards: the `limit` newest events before it, and `more`
+        says whether older ones are left. `topics` keeps events of those types only.
+        """
+        if before is not None:
+            rows = self.log.run_events_before(run_id, before, limit=limit + 1, topics=topics)
+            if not rows and self.log.last_event(run_id) is None:
+                return None
+            items = [self._event(run_id, row) for row in rows[-limit:]]
+            return m.EventPage(
+                run_id=run_id, items=items, more=len(rows) > limit,
+                next_cursor=_encode_cursor(items[-1].version) if items else None,
+            )
         after_version = int(_decode_cursor(cursor, 1)[0]) if cursor is not None else 0
-        rows = self.log.run_events(run_id, after_version=after_version, limit=limit + 1)
-        if not rows and cursor is None:
+        rows = self.log.run_events(run_id, after_version=after_version, limit=limit + 1,
+                                   topics=topics)
+        if not rows and cursor is None and (not topics or self.log.last_event(run_id) is None):
             return None
         items = [self._event(run_id, row) for row in rows[:limit]]
         # A log grows: the cursor after the last event lets a client tail it.

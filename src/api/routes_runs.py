@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
+from eventsourcing.utils import get_topic
 from fastapi import APIRouter, Query, Response
 
 from api.deps import (
@@ -24,6 +25,7 @@ from api.deps import (
 from api.errors import ApiError
 from api.freshness import wait_for_views
 from api.models import EventPage, Run, RunPage, StepAttemptPage
+from engine.audit.history import event_classes
 from engine.status import RunStatus
 
 router = APIRouter(tags=["runs"], responses=ERRORS)
@@ -103,15 +105,27 @@ async def run_events(
     cursor: Cursor = None,
     limit: Limit = 200,
     after: After = None,
+    before: Annotated[int | None, Query(
+        ge=1, le=2**62, description="page backwards: the newest events before this version "
+        "(a large number, e.g. 2^53-1, for the run's newest page)")] = None,
+    type: Annotated[str | None, Query(
+        max_length=512, pattern=r"^[A-Za-z]+(,[A-Za-z]+)*$",
+        description="only events of these types, e.g. StepCheckpointed")] = None,
 ) -> Response:
     """The run's audit history straight from the event store: every field, global positions.
 
-    `after` is accepted for symmetry and only checked: the log is always up to date.
+    Pages forwards from `cursor`, or backwards with `before`, one bounded page per request
+    whatever the run's size. `after` is accepted for symmetry and only checked: the log is
+    always up to date.
     """
     if after is not None and after > await reads.off_loop(reads.head):
         raise ApiError(422, f"position {after} is past the log's last position")
+    try:
+        topics = [get_topic(c) for c in event_classes(type.split(","))] if type else []
+    except ValueError as e:
+        raise ApiError(422, str(e)) from None
     page = await reads.off_loop(reads.events_of, run_id, limit=page_size(limit, options),
-                           cursor=cursor)
+                                cursor=cursor, before=before, topics=topics)
     if page is None:
         raise ApiError(404, f"no run {run_id} in the event store; `stepstone runs` lists them")
     return as_json(page)

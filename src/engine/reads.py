@@ -8,11 +8,13 @@ lease at this moment, never a view.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from engine.aggregate import WorkflowRun
+from engine.audit.history import iter_history
 from engine.definitions import Workflow
 from engine.errors import (
     DamagedLogError,
@@ -24,6 +26,7 @@ from engine.identity import input_digest
 from engine.liveness import Lease, holder_alive, observe
 from engine.logcontext import get_logger
 from engine.results import HistoryEntry, Placement, RunInfo
+from engine.run_listing import find_runs
 from engine.status import RunStatus
 from engine.store import RunStore
 from engine.workers.leases import READY
@@ -96,7 +99,13 @@ class RunReads:
         raise RunNotFinishedError(f"run {run_id} is {run.status.value}; resume it to finish it")
 
     def history(self, run_id: UUID) -> list[HistoryEntry]:
+        """The whole history as a list; `iter_history` streams it in constant memory."""
         return [HistoryEntry.of(pos, e) for pos, e in self.store.events_with_positions(run_id)]
+
+    def iter_history(self, run_id: UUID, **options: Any) -> Iterator[HistoryEntry]:
+        """The run's events one page at a time, with `after`, `limit`, `tail`, `types` and
+        `follow` (see `engine.audit.history.iter_history`)."""
+        return iter_history(self.store, run_id, **options)
 
     def runs(self, *, limit: int | None = None) -> list[RunInfo]:
         """Runs in start order (newest last); the last `limit` of them if given."""
@@ -104,6 +113,14 @@ class RunReads:
         if limit is not None:
             ids = ids[-limit:]
         return [self._info(run) for run in map(self._readable, ids) if run is not None]
+
+    def find_runs(self, *, limit: int | None = None, statuses: Collection[RunStatus] = (),
+                  workflow: str | None = None, since: datetime | None = None
+                  ) -> Iterator[RunInfo]:
+        """Runs newest first, filtered, read backwards from the log's head a page at a time
+        (`engine.run_listing`); statuses as `status` reports them, liveness included."""
+        return find_runs(self.store, limit=limit, statuses=statuses, workflow=workflow,
+                         since=since, info=self._info)
 
     def _readable(self, run_id: UUID) -> WorkflowRun | None:
         """The run, or None with a warning if its log is damaged: one bad run must not make

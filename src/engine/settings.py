@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         default=1.0, gt=0,
         description="how often a process driving runs looks for cancel requests on them",
     )
+    # -- retention, docs/operations.md --
+    retention_finished_after_s: float | None = Field(
+        default=None, gt=0,
+        description="retention: a projector (`stepstone projections run`) prunes runs that "
+        "finished longer ago than this many seconds, every `retention_interval_s` (unset: "
+        "never; `stepstone prune` does it by hand)",
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="retention: seconds between two prunes"
+    )
+    retention_archive_dir: str | None = Field(
+        default=None,
+        description="retention: archive each prune's runs to a new file in this directory "
+        "first (verified before anything is deleted); unset: prune without an archive",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_shorter_than_lease(self) -> Self:

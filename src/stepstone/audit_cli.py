@@ -191,11 +191,19 @@ def _drive(engine: Engine, run_id: UUID, as_json: bool, drive: Any) -> None:
               help="Snapshots to check against their run's events: each run's latest (the one "
                    "loads trust), all (older ones serve time travel), or none (chains only, "
                    "fastest: checking a snapshot costs a replay of its run).")
+@click.option("--archive", type=click.Path(exists=True, dir_okay=False),
+              help="Check an archive (from `prune --archive`, or an export) on its own: "
+                   "every run whole and its chain intact. No store is opened.")
 @store_options
-def verify(run_id: str | None, anchors: str | None, snapshots: Snapshots,
+def verify(run_id: str | None, anchors: str | None, snapshots: Snapshots, archive: str | None,
            database_url: str | None, as_json: bool) -> None:
     """Check the hash chains of one run, or of the whole log, and its snapshots; name the
     first bad event."""
+    if archive is not None:
+        from stepstone.retention_cli import verify_archive_cmd
+
+        verify_archive_cmd(archive, as_json)
+        return
     rid = parse_run_id(run_id) if run_id else None
     anchor_map = None
     if anchors:

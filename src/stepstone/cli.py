@@ -35,7 +35,7 @@ from engine import (
     load_workflow,
     signals_request_preemption,
 )
-from stepstone import audit_cli, output
+from stepstone import audit_cli, history_cli, output, retention_cli
 from stepstone.chaos_cli import chaos
 from stepstone.common import (
     EXIT_FAILED,
@@ -55,7 +55,6 @@ from stepstone.common import (
 from stepstone.control_cli import cancel
 from stepstone.projections_cli import projections
 from stepstone.serve_cli import serve
-from stepstone.timeline import show_timeline
 from stepstone.worker_cli import worker
 
 
@@ -249,19 +248,6 @@ def resume(run_id: str, reference: str | None, force: bool, database_url: str | 
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
-@store_options
-def runs(limit: int, database_url: str | None, as_json: bool) -> None:
-    """List the most recent runs, newest first."""
-    with open_engine(database_url, create=False) as engine:
-        infos = engine.runs(limit=limit)[::-1]  # the engine gives start order, oldest first
-        if as_json:
-            output.emit_json([output.info_dict(i) for i in infos])
-        else:
-            output.show_runs(infos)
-
-
-@main.command()
 @click.argument("run_id")
 @store_options
 def status(run_id: str, database_url: str | None, as_json: bool) -> None:
@@ -284,21 +270,8 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
                 click.echo(f"{name:17} {output.shown(value)}")
 
 
-@main.command()
-@click.argument("run_id")
-@store_options
-def history(run_id: str, database_url: str | None, as_json: bool) -> None:
-    """Show a run's events (its audit trail) with their global positions."""
-    rid = parse_run_id(run_id)
-    with open_engine(database_url, create=False) as engine:
-        entries = engine.history(rid)
-        if as_json:
-            for e in entries:
-                output.emit_json({k: v for k, v in e.__dict__.items()
-                                  if k not in ("summary", "kind")})
-        else:
-            show_timeline(entries)  # audit: the readable timeline
-
+main.add_command(history_cli.runs)
+main.add_command(history_cli.history)
 main.add_command(cancel)
 main.add_command(projections)
 main.add_command(worker)
@@ -309,3 +282,6 @@ main.add_command(audit_cli.replay)
 main.add_command(audit_cli.fork)
 main.add_command(audit_cli.verify)
 main.add_command(chaos)
+# Retention (docs/operations.md): stepstone prune / import.
+main.add_command(retention_cli.prune_cmd)
+main.add_command(retention_cli.import_cmd)

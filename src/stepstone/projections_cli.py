@@ -13,9 +13,11 @@ from types import FrameType
 import click
 from tqdm import tqdm
 
+from engine import Settings
 from projections import VIEWS, ProjectionsError, Projector
 from stepstone import output
 from stepstone.common import F, fail, log_format_option, open_engine, setup_logging, store_options
+from stepstone.retention_loop import retention
 
 
 def _batch(default: int) -> Callable[[F], F]:
@@ -60,7 +62,8 @@ def run_cmd(batch_size: int, poll_interval: float, database_url: str | None,
         how = "polling" if projector.db.is_sqlite else "LISTEN/NOTIFY"
         click.echo(f"following {projector.store.location.display} ({how}); "
                    f"views: {', '.join(VIEWS)}. Ctrl-C to stop.", err=True)
-        with _stop_on_signals(stop):
+        settings = Settings(database_url=database_url) if database_url else Settings()
+        with _stop_on_signals(stop), retention(settings, stop):  # the settings' policy, if any
             projector.run(stop, poll_interval_s=poll_interval)
         position = min(projector.positions().values())
     if as_json:

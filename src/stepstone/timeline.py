@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import click
@@ -10,15 +11,17 @@ from engine import HistoryEntry
 from stepstone.output import cut
 
 
-def show_timeline(entries: list[HistoryEntry]) -> None:
-    if not entries:
-        return
-    start = entries[0].timestamp
-    click.echo(
-        f"{'POS':>7} {'VER':>5}  {'TIME (UTC)':23} {'+ELAPSED':>10}  {'EVENT':17} "
-        f"{'STEP':18} {'ATT':>3}  {'WORKER':14} DETAILS"
-    )
+def show_timeline(entries: Iterable[HistoryEntry]) -> None:
+    """Print entries as they come (a stream is never held whole); elapsed times count from
+    the first one shown."""
+    start: datetime | None = None
     for e in entries:
+        if start is None:
+            start = e.timestamp
+            click.echo(
+                f"{'POS':>7} {'VER':>5}  {'TIME (UTC)':23} {'+ELAPSED':>10}  {'EVENT':17} "
+                f"{'STEP':18} {'ATT':>3}  {'WORKER':14} DETAILS"
+            )
         f = e.fields
         attempt = f.get("attempt")
         click.echo(

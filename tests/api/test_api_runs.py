@@ -188,6 +188,29 @@ def test_events_are_the_log_with_every_field(world: World, client: TestClient) -
         assert tail["next_cursor"] == cursor
 
 
+def test_events_page_backwards_and_by_type(world: World, client: TestClient) -> None:
+    """The dashboard's bounded reads: the newest page, pages before it, one type only."""
+    for run_id, history in world.histories.items():
+        versions: list[int] = []
+        before = 2**53 - 1
+        while True:
+            page = client.get(f"/runs/{run_id}/events",
+                              params={"limit": 3, "before": before}).json()
+            versions = [e["version"] for e in page["items"]] + versions
+            if not page["more"]:
+                break
+            before = page["items"][0]["version"]
+        assert versions == [h.version for h in history]
+        wanted = [h.position for h in history if h.event_type in ("StepStarted", "RunStarted")]
+        page = client.get(f"/runs/{run_id}/events", params={
+            "limit": 2, "before": 2**53 - 1, "type": "StepStarted,RunStarted"}).json()
+        assert [e["position"] for e in page["items"]] == wanted[-2:]
+        assert page["more"] == (len(wanted) > 2)
+    bad = client.get(f"/runs/{run_id}/events", params={"type": "StepDone"})
+    assert bad.status_code == 422
+    assert "unknown event type StepDone" in bad.text
+
+
 def test_runs_list_pages_filters_and_orders(world: World, client: TestClient) -> None:
     seen: list[dict[str, Any]] = []
     cursor = None

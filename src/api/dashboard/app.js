@@ -248,7 +248,12 @@ async function showList() {
 }
 
 // -- one run ----------------------------------------------------------------------------------
-const runView = { events: [], cursor: null, run: null };
+// A run's page holds a window of its events, never the whole run: the newest page, pages
+// further back on demand, new events as they come (the oldest dropped past EVENTS_KEEP).
+// Each load is one request per panel, whatever the run's size.
+const NEWEST = Number.MAX_SAFE_INTEGER;  // ?before= this: the run's newest page
+const EVENTS_PAGE = 200, EVENTS_KEEP = 2000, CHECKPOINTS_PAGE = 100;
+const runView = { events: [], cursor: null, run: null, olderLeft: false, checkpoints: [] };
 
 function fact(label, value) { return el("div", {}, el("dt", {}, label), el("dd", {}, value ?? "")); }
 
@@ -311,11 +316,12 @@ function details(fields) {
 
 function renderEvents() {
   const evs = runView.events;
-  $("events").tBodies[0].replaceChildren(...evs.slice(-300).reverse().map((e) => el("tr", {},
+  $("events").tBodies[0].replaceChildren(...evs.slice().reverse().map((e) => el("tr", {},
     el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
     el("td", {}, e.event_type), el("td", { class: "mono", title: details(e.fields) }, details(e.fields)))));
-  const cps = evs.filter((e) => e.event_type === "StepCheckpointed");
-  $("checkpoints").tBodies[0].replaceChildren(...cps.slice(-200).reverse().map((e) => el("tr", {},
+  $("older-events").hidden = !runView.olderLeft;
+  const cps = runView.checkpoints;
+  $("checkpoints").tBodies[0].replaceChildren(...cps.slice().reverse().map((e) => el("tr", {},
     el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
     el("td", { class: "mono" }, e.fields.step_key), el("td", { class: "num" }, e.fields.attempt),
     el("td", { class: "num" }, e.fields.sequence),
@@ -324,21 +330,46 @@ function renderEvents() {
   $("checkpoints-empty").hidden = cps.length > 0;
 }
 
+// The timeline from the step-attempts view (one page), the newest events and checkpoints from
+// the log (one page each); then only what is new.
 async function loadRunDetails(id) {
-  const [steps] = await Promise.all([getJSON(`/runs/${id}/steps?limit=1000`), loadMoreEvents(id)]);
+  const [steps, , cps] = await Promise.all([
+    getJSON(`/runs/${id}/steps?limit=1000`),
+    loadNewEvents(id),
+    getJSON(`/runs/${id}/events?limit=${CHECKPOINTS_PAGE}&before=${NEWEST}&type=StepCheckpointed`),
+  ]);
+  runView.checkpoints = cps.items;
   renderTimeline(steps.items);
   renderEvents();
 }
 
-async function loadMoreEvents(id) {
-  for (;;) {
-    const q = new URLSearchParams({ limit: "1000" });
-    if (runView.cursor) q.set("cursor", runView.cursor);
-    const page = await getJSON(`/runs/${id}/events?` + q.toString());
-    runView.events.push(...page.items);
+async function loadNewEvents(id) {
+  if (runView.cursor) {
+    const page = await getJSON(`/runs/${id}/events?limit=${EVENTS_PAGE}&cursor=${encodeURIComponent(runView.cursor)}`);
     runView.cursor = page.next_cursor;
-    if (!page.more) return;
+    if (!page.more) {
+      runView.events.push(...page.items);
+      if (runView.events.length > EVENTS_KEEP) {
+        runView.events.splice(0, runView.events.length - EVENTS_KEEP);
+        runView.olderLeft = true;
+      }
+      return;
+    }
   }
+  // First load, or more than a page behind: jump to the newest page (older ones on demand).
+  const page = await getJSON(`/runs/${id}/events?limit=${EVENTS_PAGE}&before=${NEWEST}`);
+  runView.events = page.items;
+  runView.olderLeft = page.more;
+  runView.cursor = page.next_cursor;
+}
+
+async function loadOlderEvents(id) {
+  const first = runView.events[0];
+  if (!first) return;
+  const page = await getJSON(`/runs/${id}/events?limit=${EVENTS_PAGE}&before=${first.version}`);
+  runView.events.unshift(...page.items);
+  runView.olderLeft = page.more;
+  renderEvents();
 }
 
 let detailTimer = null;
@@ -353,7 +384,7 @@ function refreshDetailsSoon(id) {
 
 async function showRun(id) {
   $("list-view").hidden = true; $("login-view").hidden = true; $("run-view").hidden = false;
-  Object.assign(runView, { events: [], cursor: null, run: null });
+  Object.assign(runView, { events: [], cursor: null, run: null, olderLeft: false, checkpoints: [] });
   closeStreams();
   try {
     renderRun(await getJSON(`/runs/${id}`));
@@ -402,6 +433,10 @@ document.addEventListener("DOMContentLoaded", () => {
     route();
   });
   $("more").addEventListener("click", () => loadRuns(false));
+  $("older-events").addEventListener("click", () => {
+    const m = location.hash.match(/^#\/runs\/([0-9a-fA-F-]{36})$/);
+    if (m) runView.busy = (runView.busy || Promise.resolve()).then(() => loadOlderEvents(m[1])).catch(() => {});
+  });
   window.addEventListener("hashchange", route);
   refreshHealth(); setInterval(refreshHealth, 5000);
   setInterval(() => refreshLiveness().catch(() => {}), 5000);

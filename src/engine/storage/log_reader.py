@@ -41,6 +41,19 @@ class LogReader:
             f"WHERE originator_id = {d.run_id_param()} AND originator_version > ? "
             "ORDER BY originator_version LIMIT ?"
         )
+        self._last = (
+            f"SELECT {d.position}, originator_version, topic, state FROM {d.events_table} "
+            f"WHERE originator_id = {d.run_id_param()} ORDER BY originator_version DESC LIMIT 1"
+        )
+        self._version_after = (
+            f"SELECT min(originator_version) FROM {d.events_table} "
+            f"WHERE originator_id = {d.run_id_param()} AND {d.position} > ?"
+        )
+        self._topic_before = (
+            f"SELECT {d.position}, originator_id, originator_version, topic, state "
+            f"FROM {d.events_table} WHERE topic = ? AND {d.position} < ? "
+            f"ORDER BY {d.position} DESC LIMIT ?"
+        )
         self._after = (
             f"SELECT {d.position}, originator_id, originator_version, topic, state "
             f"FROM {d.events_table} WHERE {d.position} > ? ORDER BY {d.position} LIMIT ?"
@@ -51,12 +64,45 @@ class LogReader:
         rows = self._fetch(self._head, ())
         return int(rows[0][0] or 0) if rows else 0
 
-    def run_events(self, run_id: UUID, *, after_version: int = 0,
-                   limit: int = PAGE) -> list[StoredRow]:
-        """Up to `limit` of the run's events after `after_version`, in version order."""
+    def run_events(self, run_id: UUID, *, after_version: int = 0, limit: int = PAGE,
+                   topics: Sequence[str] = ()) -> list[StoredRow]:
+        """Up to `limit` of the run's events after `after_version`, in version order; only
+        those of `topics` when given (the filter runs in the database, so a page of a sparse
+        type still costs one query)."""
         key = self.dialect.run_id_value(run_id)
+        sql: str = self._run
+        params: tuple[object, ...] = (key, after_version, limit)
+        if topics:
+            marks = ", ".join("?" * len(topics))
+            sql = sql.replace(" ORDER BY", f" AND topic IN ({marks}) ORDER BY")
+            params = (key, after_version, *topics, limit)
         return [StoredRow(int(p), run_id, int(v), t, bytes(s))
-                for p, v, t, s in self._fetch(self._run, (key, after_version, limit))]
+                for p, v, t, s in self._fetch(sql, params)]
+
+    def run_events_before(self, run_id: UUID, before_version: int, *, limit: int = PAGE,
+                          topics: Sequence[str] = ()) -> list[StoredRow]:
+        """Up to `limit` of the run's events before `before_version`, the newest of them, in
+        version order (a page backwards: the newest events of a run, or those before a page)."""
+        d = self.dialect
+        sql = (f"SELECT {d.position}, originator_version, topic, state FROM {d.events_table} "
+               f"WHERE originator_id = {d.run_id_param()} AND originator_version < ?")
+        params: list[object] = [d.run_id_value(run_id), before_version]
+        if topics:
+            sql += f" AND topic IN ({', '.join('?' * len(topics))})"
+            params.extend(topics)
+        rows = self._fetch(sql + " ORDER BY originator_version DESC LIMIT ?", [*params, limit])
+        return [StoredRow(int(p), run_id, int(v), t, bytes(s)) for p, v, t, s in rows[::-1]]
+
+    def last_event(self, run_id: UUID) -> StoredRow | None:
+        """The run's newest event (one indexed read, whatever the run's size)."""
+        rows = self._fetch(self._last, (self.dialect.run_id_value(run_id),))
+        return StoredRow(int(rows[0][0]), run_id, int(rows[0][1]), rows[0][2],
+                         bytes(rows[0][3])) if rows else None
+
+    def version_after(self, run_id: UUID, position: int) -> int | None:
+        """The version of the run's first event past global `position`, if any."""
+        rows = self._fetch(self._version_after, (self.dialect.run_id_value(run_id), position))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def iter_run(self, run_id: UUID, *, after_version: int = 0) -> Iterator[StoredRow]:
         """All the run's events after `after_version`, read a page at a time."""
@@ -72,6 +118,14 @@ class LogReader:
         return [StoredRow(int(p), r if isinstance(r, UUID) else UUID(str(r)), int(v), t,
                           bytes(s))
                 for p, r, v, t, s in self._fetch(self._after, (position, limit))]
+
+    def newest_of(self, topic: str, *, before: int | None = None,
+                  limit: int = PAGE) -> list[StoredRow]:
+        """Up to `limit` events of `topic` before global `before`, newest first."""
+        bound = before if before is not None else self.head() + 1
+        return [StoredRow(int(p), r if isinstance(r, UUID) else UUID(str(r)), int(v), t,
+                          bytes(s))
+                for p, r, v, t, s in self._fetch(self._topic_before, (topic, bound, limit))]
 
     def iter_after(self, position: int = 0) -> Iterator[StoredRow]:
         """Every event after `position`, read a page at a time."""
