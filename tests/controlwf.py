@@ -15,6 +15,7 @@ from engine import RetryPolicy, gather, sleep, step, step_context, workflow
 from support import Ledger
 
 _local = threading.local()
+_CREATE = threading.Lock()
 
 
 def ledger(db: str) -> Ledger:
@@ -22,9 +23,10 @@ def ledger(db: str) -> Ledger:
     cache: dict[str, Ledger] = _local.__dict__.setdefault("ledgers", {})
     if db not in cache:
         led = cache[db] = Ledger(db)
-        led.execute("CREATE TABLE IF NOT EXISTS control_effects (operation_id TEXT NOT NULL, "
-                    "chunk INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL, "
-                    "PRIMARY KEY (operation_id, chunk))")
+        with _CREATE:  # PostgreSQL: two CREATE TABLE IF NOT EXISTS at once can collide
+            led.execute("CREATE TABLE IF NOT EXISTS control_effects (operation_id TEXT NOT "
+                        "NULL, chunk INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL, "
+                        "PRIMARY KEY (operation_id, chunk))")
     return cache[db]
 
 

@@ -198,6 +198,9 @@ class StatusInfo(_Model):
     observed: bool = Field(
         False, description="no event records it: the API reads it off the run's lease at "
         "that moment (`interrupted`: the log says running, no live process holds the run)")
+    leased: bool = Field(
+        False, description="true of a run only while a live process holds it: a reader "
+        "re-reads such a run, since a holder's death records no event")
 
 
 class EventInfo(_Model):

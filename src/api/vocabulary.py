@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from api.deps import read_route
 from api.models import EventInfo, StatusInfo, Vocabulary
 from engine.events import EVENT_TYPES
-from engine.status import OBSERVED, STATUS_AFTER, TERMINAL, RunStatus, StepStatus
+from engine.status import LEASED, OBSERVED, STATUS_AFTER, TERMINAL, RunStatus, StepStatus
 
 PATH = "/vocabulary.json"
 router = APIRouter(tags=["dashboard"])
@@ -23,8 +23,8 @@ router = APIRouter(tags=["dashboard"])
 def vocabulary() -> Vocabulary:
     """The vocabulary as the engine has it now."""
     return Vocabulary(
-        run_statuses=[StatusInfo(name=s, terminal=s in TERMINAL, observed=s in OBSERVED)
-                      for s in RunStatus],
+        run_statuses=[StatusInfo(name=s, terminal=s in TERMINAL, observed=s in OBSERVED,
+                                 leased=s in LEASED) for s in RunStatus],
         step_statuses=list(StepStatus),
         events=[EventInfo(name=e.__name__, status_after=STATUS_AFTER.get(e))
                 for e in EVENT_TYPES],

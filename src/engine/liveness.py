@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.status import RunStatus
+from engine.status import LEASED, RunStatus
 
 THIS_HOST = socket.gethostname()
 
@@ -59,7 +59,7 @@ def observe(status: RunStatus, last_event_at: datetime, lease: Lease | None,
     """The status to show for a run whose log says `status` and whose lease is `lease`."""
     alive = holder_alive(lease, now)
     held_by = lease.owner if alive and lease is not None else None
-    if status is not RunStatus.RUNNING or alive:
+    if status not in LEASED or alive:
         return Liveness(status, held_by, None)
     seen = last_event_at
     if lease is not None and lease.heartbeat_at is not None:

@@ -44,6 +44,10 @@ OBSERVED = frozenset({RunStatus.INTERRUPTED})
 """Statuses no event records: what a reader sees when the log's status is contradicted by the
 leases at that moment (`engine.liveness`)."""
 
+LEASED = frozenset({RunStatus.RUNNING})
+"""Statuses the log records that are true only while a live process holds the run's lease:
+a reader judges them against it (`engine.liveness`), and shows `interrupted` when nobody does."""
+
 RECORDED = tuple(s for s in RunStatus if s not in OBSERVED)
 """The statuses a run's log can put it in (the views count these)."""
 

@@ -108,9 +108,10 @@ function pill(status) { return el("span", { class: "pill " + status }, status); 
 // The run statuses come from the engine (/vocabulary.json), never from a list here: the
 // running ones first, then those that end a run, each in the engine's order. A status with no
 // colour of its own in app.css gets the plain pill's.
-const vocab = { statuses: [] };
+const vocab = { statuses: [], leased: new Set() };
 async function loadVocabulary() {
   const { run_statuses } = await getJSON("/vocabulary.json");
+  vocab.leased = new Set(run_statuses.filter((s) => s.leased).map((s) => s.name));
   vocab.statuses = [...run_statuses.filter((s) => !s.terminal), ...run_statuses.filter((s) => s.terminal)]
     .map((s) => s.name);
   $("f-status").append(...vocab.statuses.map((s) => el("option", {}, s)));
@@ -400,16 +401,16 @@ async function showRun(id) {
 }
 
 // Liveness (docs/controlling-runs.md): a run whose process died records nothing, so no event
-// would ever move its row from running to interrupted. Rows that show a live status are read
-// again every few seconds: at most one page's worth of requests.
-const LIVE = new Set(["running", "interrupted"]);
+// would ever move its row from running to interrupted. Rows in a status that only a live
+// lease makes true (the vocabulary's `leased`) are read again every few seconds: at most one
+// page's worth of requests. (An interrupted run that resumes records an event: the stream.)
 async function refreshLiveness() {
-  if (!$("run-view").hidden && runView.run && LIVE.has(runView.run.status)) {
+  if (!$("run-view").hidden && runView.run && vocab.leased.has(runView.run.status)) {
     renderRun(await getJSON(`/runs/${runView.run.run_id}`));
     return;
   }
   if ($("list-view").hidden) return;
-  const rows = [...$("runs").tBodies[0].rows].filter((r) => LIVE.has(r.dataset.status));
+  const rows = [...$("runs").tBodies[0].rows].filter((r) => vocab.leased.has(r.dataset.status));
   for (const row of rows) upsertRun(await getJSON(`/runs/${row.dataset.run}`), false);
 }
 
