@@ -27,6 +27,20 @@ class ErrorInfo(BaseModel):
     step_key: str | None = None
 
 
+class CheckpointMeta(BaseModel):
+    """What a resume validates of a step's checkpoint besides its state (engine.checkpoints).
+
+    None on a step whose checkpoints were all plain, so a plain checkpoint folds as before.
+    `discarded` are the sequence ranges a restart or a fallback took out of the step's line of
+    checkpoints: the effects a resume verifies are those of the checkpoints still in it.
+    """
+
+    version: int = 1
+    source: dict[str, Any] | None = None
+    effects: bool = False  # some checkpoint still in the line recorded effects
+    discarded: list[tuple[int, int]] = []
+
+
 class StepState(BaseModel):
     key: str
     name: str
@@ -37,6 +51,7 @@ class StepState(BaseModel):
     output: Any = None
     checkpoint_sequence: int = 0
     checkpoint: Any = None
+    checkpoint_meta: CheckpointMeta | None = None
     error: ErrorInfo | None = None
     retryable: bool = False
     next_attempt_at: datetime | None = None
@@ -135,11 +150,20 @@ class WorkflowRun(BaseAggregate[UUID]):
 
     def checkpoint_step(self, key: str, attempt: int, sequence: int, state: Any,
                         done: int | None, total: int | None, *, at: datetime,
-                        worker: str) -> None:
+                        worker: str, version: int = 1, source: dict[str, Any] | None = None,
+                        effects: list[str] | None = None) -> None:
         self._running(key, attempt)
         self._trigger(ev.StepCheckpointed, at, worker, step_key=key, attempt=attempt,
                       sequence=sequence, state=state, progress_done=done,
-                      progress_total=total)
+                      progress_total=total, version=version, source=source,
+                      effects=effects or [])
+
+    def validate_checkpoint(self, key: str, attempt: int, outcome: ev.CheckpointOutcome, *,
+                            at: datetime, worker: str, **found: Any) -> None:
+        """Record what a new attempt made of the step's last checkpoint (engine.checkpoints)."""
+        self._running(key, attempt)
+        self._trigger(ev.CheckpointValidated, at, worker, step_key=key, attempt=attempt,
+                      outcome=outcome, **found)
 
     def complete_step(self, key: str, attempt: int, output: Any, duration_s: float, *,
                       at: datetime, worker: str) -> None:
@@ -258,11 +282,16 @@ class WorkflowRun(BaseAggregate[UUID]):
                     failures=prior.failures if prior else 0,
                     checkpoint_sequence=prior.checkpoint_sequence if prior else 0,
                     checkpoint=prior.checkpoint if prior else None,
+                    checkpoint_meta=prior.checkpoint_meta if prior else None,
                 )
             case ev.StepCheckpointed():
                 step = s.steps[event.step_key]
                 step.checkpoint_sequence = event.sequence
                 step.checkpoint = event.state
+                if step.checkpoint_meta or event.version != 1 or event.source or event.effects:
+                    _fold_checkpoint_meta(step, event)
+            case ev.CheckpointValidated():
+                _fold_validation(s.steps[event.step_key], event)
             case ev.StepCompleted():
                 step = s.steps[event.step_key]
                 step.status = StepStatus.COMPLETED
@@ -320,6 +349,31 @@ class WorkflowRun(BaseAggregate[UUID]):
     @property
     def completed_steps(self) -> int:
         return sum(1 for step in self.state.steps.values() if step.status is StepStatus.COMPLETED)
+
+
+def _fold_checkpoint_meta(step: StepState, event: ev.StepCheckpointed) -> None:
+    meta = step.checkpoint_meta or CheckpointMeta()
+    meta.version = event.version
+    meta.source = event.source
+    meta.effects = meta.effects or bool(event.effects)
+    step.checkpoint_meta = meta
+
+
+def _fold_validation(step: StepState, event: ev.CheckpointValidated) -> None:
+    """A fallback or an upgrade hands the step another state; a restart hands it none."""
+    outcome = ev.CheckpointOutcome
+    meta = step.checkpoint_meta or CheckpointMeta()
+    if event.outcome in (outcome.UPGRADED, outcome.FELL_BACK):
+        step.checkpoint = event.state
+        meta.version = event.step_version
+        meta.source = event.source
+    if event.outcome is outcome.FELL_BACK and event.resumed_from < event.sequence:
+        meta.discarded.append((event.resumed_from + 1, event.sequence))
+    if event.outcome is outcome.RESTARTED:
+        step.checkpoint = None
+        meta = CheckpointMeta(version=event.step_version,
+                              discarded=[*meta.discarded, (1, event.sequence)])
+    step.checkpoint_meta = meta
 
 
 class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):

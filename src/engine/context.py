@@ -6,12 +6,14 @@ outside any workflow simply runs as a plain function.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 if TYPE_CHECKING:
     from engine.definitions import Step
+    from engine.fingerprints import Fingerprint
 
 
 class StepRunner(Protocol):
@@ -27,7 +29,8 @@ class StepRunner(Protocol):
 class CheckpointSink(Protocol):
     """Where a running step's checkpoints go (the RunDriver); kept abstract for tests."""
 
-    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         """Record `state` durably; unwind with `Preempted` if preemption was requested."""
 
     @property
@@ -47,12 +50,14 @@ class StepContext:
         last_checkpoint: Any,
         checkpoint_sequence: int,
         sink: CheckpointSink | None,
+        checkpoint_version: int = 1,
     ) -> None:
         self.run_id = run_id
         self.step_key = step_key
         self.attempt = attempt
         self.last_checkpoint = last_checkpoint
         self.checkpoint_sequence = checkpoint_sequence
+        self.checkpoint_version = checkpoint_version  # @step(checkpoint_version=...)
         self._sink = sink
 
     @property
@@ -64,17 +69,22 @@ class StepContext:
     def preemption_requested(self) -> bool:
         return self._sink.preemption_requested if self._sink else False
 
-    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> None:
+    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         """Persist progress inside the step (an offset, a cursor, a partial result).
 
-        `done`/`total` are optional progress figures for the read side. If preemption was
+        `done`/`total` are optional progress figures for the read side. `source`, a
+        fingerprint of what the step reads (`file_fingerprint`, `function_fingerprint`), is
+        computed again before a resume trusts this checkpoint; `effects` are the keys of the
+        side effects committed since the previous checkpoint, which the step's
+        `verify_effects` checks on resume (docs/architecture.md). If preemption was
         requested, this persists the checkpoint and then unwinds the step with `Preempted`.
         """
         if self._sink is None:
             self.last_checkpoint = state
             self.checkpoint_sequence += 1
             return
-        self._sink.checkpoint(self, state, done, total)
+        self._sink.checkpoint(self, state, done, total, source, effects)
 
 
 current_runner: ContextVar[StepRunner | None] = ContextVar("stepstone_runner", default=None)

@@ -19,6 +19,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import PydanticSerializationError
 
+from engine.checkpoint_policy import (
+    PLAIN,
+    CheckpointPolicy,
+    EffectsPolicy,
+    SourcePolicy,
+    VerifyEffects,
+    VersionPolicy,
+)
 from engine.context import StepContext, current_runner, current_step
 from engine.errors import ConfigurationError, InvalidInputError, OutputEncodingError
 from engine.retry import DEFAULT_RETRY, RetryPolicy
@@ -82,10 +90,12 @@ class StepCall(Generic[R]):
 class Step(Generic[P, R]):
     """A durable step. Inside a workflow run its outcome is recorded; elsewhere it just runs."""
 
-    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy,
+                 checkpoints: CheckpointPolicy = PLAIN) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.checkpoints = checkpoints
         self.codec = JsonCodec(fn, f"step {name!r}")
         functools.update_wrapper(self, fn)
 
@@ -120,7 +130,10 @@ class Step(Generic[P, R]):
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None
+    *, name: str | None = None, retry: RetryPolicy | None = None,
+    checkpoint_version: int = 1, on_version_change: VersionPolicy = "restart",
+    on_source_change: SourcePolicy = "restart", verify_effects: VerifyEffects | None = None,
+    on_missing_effects: EffectsPolicy = "fallback",
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -130,11 +143,28 @@ def step(
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
+    checkpoint_version: int = 1,
+    on_version_change: VersionPolicy = "restart",
+    on_source_change: SourcePolicy = "restart",
+    verify_effects: VerifyEffects | None = None,
+    on_missing_effects: EffectsPolicy = "fallback",
 ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
-    """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff."""
+    """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff.
+
+    The other options say when a new attempt may trust the step's last checkpoint
+    (`engine.checkpoints`, docs/architecture.md "Checkpoints a resume validates"):
+    `checkpoint_version` is recorded with every checkpoint, and one written by another version
+    goes through `on_version_change` (an upgrade function `(state, old_version) -> state`, or
+    `restart`/`fail`); a checkpoint whose `source` fingerprint changed follows
+    `on_source_change` (`restart`/`fail`/`trust`); with `verify_effects(keys, *args,
+    **kwargs) -> missing keys`, missing effects resume from the last checkpoint whose effects
+    verify (`on_missing_effects='fallback'`), or `restart`/`fail`.
+    """
+    checks = CheckpointPolicy(checkpoint_version, on_version_change, on_source_change,
+                              verify_effects, on_missing_effects)
 
     def wrap(f: Callable[P, R]) -> Step[P, R]:
-        return Step(f, name or f.__name__, retry or DEFAULT_RETRY)
+        return Step(f, name or f.__name__, retry or DEFAULT_RETRY, checks)
 
     return wrap(fn) if fn is not None else wrap
 
