@@ -293,3 +293,22 @@ def test_bad_policies_are_refused_when_declared() -> None:
     with pytest.raises(ValueError, match="checkpoint_version=0"):
         step(checkpoint_version=0)
     assert issubclass(CheckpointRejectedError, Exception)
+
+
+def test_history_shows_versions_sources_and_outcomes(
+    store_url: str, setup: tuple[Path, dict[str, Any]]
+) -> None:
+    from click.testing import CliRunner
+
+    from stepstone.cli import main
+
+    path, given = setup
+    with Engine(Settings(database_url=store_url)) as engine:
+        interrupted(engine, checkpointwf.make(version=2), given, at=2)
+        write_input(path, [1] * 40)
+        run_id = engine.run(checkpointwf.make(version=2), given, key=checkpointwf.KEY).run_id
+    out = CliRunner().invoke(main, ["history", str(run_id), "--db", store_url],
+                             catch_exceptions=False).output
+    assert "checkpoint #2 v2 source file size=" in out
+    assert "CheckpointValidated" in out
+    assert f"checkpoint #2 restarted: source file {path} changed" in out
