@@ -81,7 +81,8 @@ def upgrade_v1_v2(state: Any, version: int) -> Any:
     return {"pos": state["offset"], "sum": state["total"]}
 
 
-def _sum_body(path: str, db: str, chunk: int, unit_ms: int, version: int) -> dict[str, int]:
+def _sum_body(path: str, db: str, chunk: int, unit_ms: int, version: int,
+              content: bool) -> dict[str, int]:
     ctx = step_context()
     cp = ctx.last_checkpoint
     names = ("offset", "total") if version == 1 else ("pos", "sum")
@@ -103,14 +104,17 @@ def _sum_body(path: str, db: str, chunk: int, unit_ms: int, version: int) -> dic
         if HOOK["engine"] is not None and HOOK["seen"] == HOOK["preempt_at"]:
             HOOK["engine"].preempt("test: preempt at a checkpoint")
         ctx.checkpoint(dict(zip(names, (offset, total), strict=True)), done=offset,
-                       total=len(values), source=file_fingerprint(path), effects=keys)
+                       total=len(values), source=file_fingerprint(path, content=content),
+                       effects=keys)
     return {"sum": total, "lines": offset}
 
 
 def make(*, version: int = 1, upgrade: bool = False, on_version_change: str = "restart",
          on_source_change: str = "restart", verify: bool = True,
-         on_missing_effects: str = "fallback") -> Workflow[..., dict[str, int]]:
-    """The workflow with these checkpoint options on its step."""
+         on_missing_effects: str = "fallback",
+         content: bool = False) -> Workflow[..., dict[str, int]]:
+    """The workflow with these checkpoint options on its step (`content`: fingerprint the
+    file's bytes rather than its size and mtime)."""
 
     @step(name="sum_file", checkpoint_version=version,
           on_version_change=upgrade_v1_v2 if upgrade else on_version_change,  # type: ignore[arg-type]
@@ -118,7 +122,7 @@ def make(*, version: int = 1, upgrade: bool = False, on_version_change: str = "r
           verify_effects=missing_rows if verify else None,
           on_missing_effects=on_missing_effects)  # type: ignore[arg-type]
     def sum_file(path: str, db: str, chunk: int, unit_ms: int) -> dict[str, int]:
-        return _sum_body(path, db, chunk, unit_ms, version)
+        return _sum_body(path, db, chunk, unit_ms, version, content)
 
     @workflow("cp-sum", version=1)
     def cp_sum(path: str, db: str, chunk: int = 5, unit_ms: int = 0) -> dict[str, int]:
