@@ -49,7 +49,7 @@ class ViewsCollector(Collector):
             for status in RunStatus:  # the engine's statuses, each a field of WorkflowStats
                 runs.add_metric([stats.workflow, status.value], getattr(stats, status.value))
         yield runs
-        names = ("attempts", "retries", "failures", "preemptions", "crashes")
+        names = ("attempts", "retries", "failures", "preemptions", "crashes", "invalidated")
         families = {
             name: GaugeMetricFamily(f"stepstone_step_{name}", f"Step {name} by workflow and step",
                                     labels=["workflow", "step"])
