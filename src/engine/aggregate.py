@@ -35,6 +35,7 @@ class CheckpointMeta(BaseModel):
     checkpoints: the effects a resume verifies are those of the checkpoints still in it.
     """
 
+    sequence: int = 0  # the checkpoint the step's state is (a fallback goes back to one)
     version: int = 1
     source: dict[str, Any] | None = None
     effects: bool = False  # some checkpoint still in the line recorded effects
@@ -353,6 +354,7 @@ class WorkflowRun(BaseAggregate[UUID]):
 
 def _fold_checkpoint_meta(step: StepState, event: ev.StepCheckpointed) -> None:
     meta = step.checkpoint_meta or CheckpointMeta()
+    meta.sequence = event.sequence
     meta.version = event.version
     meta.source = event.source
     meta.effects = meta.effects or bool(event.effects)
@@ -365,6 +367,7 @@ def _fold_validation(step: StepState, event: ev.CheckpointValidated) -> None:
     meta = step.checkpoint_meta or CheckpointMeta()
     if event.outcome in (outcome.UPGRADED, outcome.FELL_BACK):
         step.checkpoint = event.state
+        meta.sequence = event.resumed_from
         meta.version = event.step_version
         meta.source = event.source
     if event.outcome is outcome.FELL_BACK and event.resumed_from < event.sequence:

@@ -106,8 +106,9 @@ def resume_state(driver: RunDriver, step: Step[..., Any], ctx: StepContext,
     if recorded.checkpoint is None:
         return None
     policy, meta = step.checkpoints, recorded.checkpoint_meta
-    latest = _Candidate(recorded.checkpoint_sequence, recorded.checkpoint,
-                        meta.version if meta else 1, meta.source if meta else None)
+    latest = _Candidate(meta.sequence if meta else recorded.checkpoint_sequence,
+                        recorded.checkpoint, meta.version if meta else 1,
+                        meta.source if meta else None)
     verify = policy.verify_effects if meta is not None and meta.effects else None
     if latest.version == policy.version and latest.source is None and verify is None:
         return recorded.checkpoint
