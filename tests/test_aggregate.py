@@ -147,9 +147,8 @@ CASES: dict[type[ev.RunEvent], Case] = {
             at=T, worker=W),
         lambda r: (r.steps["a#0"].checkpoint == {"offset": 2}
                    and r.steps["a#0"].checkpoint_sequence == 3
-                   and r.steps["a#0"].checkpoint_meta is not None
-                   and r.steps["a#0"].checkpoint_meta.version == 2
-                   and r.steps["a#0"].checkpoint_meta.discarded == [(3, 3)])
+                   and r.state.checkpoint_meta["a#0"].version == 2
+                   and r.state.checkpoint_meta["a#0"].discarded == [(3, 3)])
         or pytest.fail("validated"),
     ),
 }

@@ -30,7 +30,7 @@ class ErrorInfo(BaseModel):
 class CheckpointMeta(BaseModel):
     """What a resume validates of a step's checkpoint besides its state (engine.checkpoints).
 
-    None on a step whose checkpoints were all plain, so a plain checkpoint folds as before.
+    Kept only for steps with a checkpoint that was not plain, so a plain one folds as before.
     `discarded` are the sequence ranges a restart or a fallback took out of the step's line of
     checkpoints: the effects a resume verifies are those of the checkpoints still in it.
     """
@@ -52,7 +52,6 @@ class StepState(BaseModel):
     output: Any = None
     checkpoint_sequence: int = 0
     checkpoint: Any = None
-    checkpoint_meta: CheckpointMeta | None = None
     error: ErrorInfo | None = None
     retryable: bool = False
     next_attempt_at: datetime | None = None
@@ -90,6 +89,9 @@ class RunState(BaseModel):
     parent_run_id: UUID | None = None  # a fork's parent run
     forked_from_step: str | None = None
     parked: Divergence | None = None
+    # What resumes validate of each step's checkpoint, for steps whose checkpoints are not
+    # plain (engine.checkpoints); beside the steps so a plain run's state reads as before.
+    checkpoint_meta: dict[str, CheckpointMeta] = {}
 
 
 class RunCommandError(EngineError):
@@ -283,16 +285,16 @@ class WorkflowRun(BaseAggregate[UUID]):
                     failures=prior.failures if prior else 0,
                     checkpoint_sequence=prior.checkpoint_sequence if prior else 0,
                     checkpoint=prior.checkpoint if prior else None,
-                    checkpoint_meta=prior.checkpoint_meta if prior else None,
                 )
             case ev.StepCheckpointed():
                 step = s.steps[event.step_key]
                 step.checkpoint_sequence = event.sequence
                 step.checkpoint = event.state
-                if step.checkpoint_meta or event.version != 1 or event.source or event.effects:
-                    _fold_checkpoint_meta(step, event)
+                if (event.version != 1 or event.source or event.effects
+                        or event.step_key in s.checkpoint_meta):
+                    _fold_checkpoint_meta(s, event)
             case ev.CheckpointValidated():
-                _fold_validation(s.steps[event.step_key], event)
+                _fold_validation(s, event)
             case ev.StepCompleted():
                 step = s.steps[event.step_key]
                 step.status = StepStatus.COMPLETED
@@ -352,19 +354,20 @@ class WorkflowRun(BaseAggregate[UUID]):
         return sum(1 for step in self.state.steps.values() if step.status is StepStatus.COMPLETED)
 
 
-def _fold_checkpoint_meta(step: StepState, event: ev.StepCheckpointed) -> None:
-    meta = step.checkpoint_meta or CheckpointMeta()
+def _fold_checkpoint_meta(s: RunState, event: ev.StepCheckpointed) -> None:
+    meta = s.checkpoint_meta.setdefault(event.step_key, CheckpointMeta())
     meta.sequence = event.sequence
     meta.version = event.version
     meta.source = event.source
     meta.effects = meta.effects or bool(event.effects)
-    step.checkpoint_meta = meta
 
 
-def _fold_validation(step: StepState, event: ev.CheckpointValidated) -> None:
+def _fold_validation(s: RunState, event: ev.CheckpointValidated) -> None:
     """A fallback or an upgrade hands the step another state; a restart hands it none."""
     outcome = ev.CheckpointOutcome
-    meta = step.checkpoint_meta or CheckpointMeta()
+    step = s.steps[event.step_key]
+    meta = (s.checkpoint_meta.get(event.step_key)
+            or CheckpointMeta(sequence=step.checkpoint_sequence))
     if event.outcome in (outcome.UPGRADED, outcome.FELL_BACK):
         step.checkpoint = event.state
         meta.sequence = event.resumed_from
@@ -376,7 +379,7 @@ def _fold_validation(step: StepState, event: ev.CheckpointValidated) -> None:
         step.checkpoint = None
         meta = CheckpointMeta(version=event.step_version,
                               discarded=[*meta.discarded, (1, event.sequence)])
-    step.checkpoint_meta = meta
+    s.checkpoint_meta[event.step_key] = meta
 
 
 class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):

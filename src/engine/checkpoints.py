@@ -105,7 +105,7 @@ def resume_state(driver: RunDriver, step: Step[..., Any], ctx: StepContext,
     recorded = driver.run.steps[ctx.step_key]
     if recorded.checkpoint is None:
         return None
-    policy, meta = step.checkpoints, recorded.checkpoint_meta
+    policy, meta = step.checkpoints, driver.run.state.checkpoint_meta.get(ctx.step_key)
     latest = _Candidate(meta.sequence if meta else recorded.checkpoint_sequence,
                         recorded.checkpoint, meta.version if meta else 1,
                         meta.source if meta else None)
