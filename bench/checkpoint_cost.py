@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -99,16 +99,46 @@ def resume_check(url: str, n: int, path: str) -> tuple[float, int]:
     return seconds, len(checks)
 
 
-def before_run(src: Path, url: str, n: int, path: str) -> tuple[float, float]:
-    """A plain run under another release's sources, in a child process."""
+def cpu_cost(n: int) -> float:
+    """Microseconds of a plain checkpoint in process, without the commit: the driver's
+    checkpoint, the aggregate's command and fold, the event's hash and its encoding (a saver
+    that encodes the pending events and drops them), best of 5 rounds of `n`."""
+    from engine.aggregate import WorkflowRun
+    from engine.codec import OrjsonTranscoder, PydanticMapper
+    from engine.context import StepContext
+    from engine.driver import RunDriver, utc_now
+    from engine.preemption import PreemptionToken
+
+    mapper = PydanticMapper(transcoder=OrjsonTranscoder())
+    run = WorkflowRun.start(uuid.uuid4(), at=utc_now(), worker="w", workflow="cpu",
+                            workflow_version=1, entrypoint="m:f", code_fingerprint="f",
+                            input={}, input_digest="d", idempotency_key=None)
+    run.start_step("loop#0", "loop", 1, at=utc_now(), worker="w")
+
+    def encode(r: WorkflowRun) -> None:
+        for event in r.collect_events():
+            mapper.to_stored_event(event)
+
+    driver = RunDriver(cast(Any, None), run, checkpoints_wf, worker_id="w",
+                       token=PreemptionToken(), saver=encode, observers=())
+    ctx = StepContext(run_id=run.id, step_key="loop#0", attempt=1, last_checkpoint=None,
+                      checkpoint_sequence=0, sink=driver)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(n):
+            driver.checkpoint(ctx, {"offset": i + 1}, None, None)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6
+
+
+def before_run(src: Path, args: list[str]) -> Any:
+    """This script under another release's sources, in a child process: its last line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src / "src"),
                                                         str(Path(__file__).parent)])}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", url, "--checkpoints", str(n), "--path", path],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout
-    rate, size = orjson.loads(out.strip().splitlines()[-1])
-    return float(rate), float(size)
+    out = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    return orjson.loads(out.strip().splitlines()[-1])
 
 
 def measure(label: str, urls: Any, raw: Rate, args: argparse.Namespace, path: str) -> None:
@@ -120,7 +150,8 @@ def measure(label: str, urls: Any, raw: Rate, args: argparse.Namespace, path: st
         # The order turns each round, so no shape always runs first (cold) or last.
         for mode in shapes[round_ % len(shapes):] + shapes[: round_ % len(shapes)]:
             if mode == "before":
-                r, before_size = before_run(args.before_src, urls(), args.checkpoints, path)
+                r, before_size = before_run(args.before_src, [
+                    "--child", urls(), "--checkpoints", str(args.checkpoints), "--path", path])
                 before.samples.append(r)
             else:
                 r, sizes[mode] = one_run(urls(), args.checkpoints, mode, path)
@@ -149,6 +180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-postgres", action="store_true")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-cpu", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -158,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:  # a plain run for --before-src, under whatever `engine` is importable
         print(orjson.dumps(one_run(args.child, args.checkpoints, "plain", args.path)).decode())
         return 0
+    if args.child_cpu:
+        print(orjson.dumps(cpu_cost(20_000)).decode())
+        return 0
+    print("in process, no commit: a plain checkpoint (driver, aggregate, hash, encoding), "
+          "best of 5 x 20,000, alternating")
+    for _ in range(3):
+        if args.before_src:
+            before_us = before_run(args.before_src, ["--child-cpu"])
+            print(f"  before ({args.before_src.name}) {before_us:.1f} us", end="")
+        print(f"  after {cpu_cost(20_000):.1f} us")
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "input.csv")
         Path(path).write_text("id,value\n" * 1000)

@@ -241,7 +241,7 @@ def test_a_plain_checkpoint_is_stored_as_before_and_old_ones_decode(engine: Engi
     event = engine.store.mapper.to_domain_event(StoredEvent(
         originator_id=uuid.uuid4(), originator_version=3,
         topic=get_topic(ev.StepCheckpointed), state=orjson.dumps(old)))
-    assert (event.version, event.source, event.effects) == (1, None, [])
+    assert (event.version, event.source, event.effects) == (1, None, ())
 
 
 def test_throttled_checkpoints_keep_their_effects(

@@ -156,10 +156,12 @@ class WorkflowRun(BaseAggregate[UUID]):
                         worker: str, version: int = 1, source: dict[str, Any] | None = None,
                         effects: list[str] | None = None) -> None:
         self._running(key, attempt)
+        # Only what differs from the defaults: a plain checkpoint is built as it always was.
+        checks = ({} if version == 1 and source is None and not effects else
+                  {"version": version, "source": source, "effects": effects or []})
         self._trigger(ev.StepCheckpointed, at, worker, step_key=key, attempt=attempt,
                       sequence=sequence, state=state, progress_done=done,
-                      progress_total=total, version=version, source=source,
-                      effects=effects or [])
+                      progress_total=total, **checks)
 
     def validate_checkpoint(self, key: str, attempt: int, outcome: ev.CheckpointOutcome, *,
                             at: datetime, worker: str, **found: Any) -> None:

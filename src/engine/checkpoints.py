@@ -64,6 +64,8 @@ class Pending:
     def of(cls, held: Pending | None, ctx: StepContext, state: Any, done: int | None,
            total: int | None, source: Fingerprint | None, effects: Iterable[str]) -> Pending:
         """The checkpoint to commit next; it keeps the effects of the one it replaces."""
+        if held is None and source is None and not effects:
+            return cls(ctx, state, done, total)  # a plain checkpoint
         keys = [str(k) for k in effects]
         if held is not None and held.effects:
             keys = held.effects + keys

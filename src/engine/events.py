@@ -15,7 +15,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.audit.chain import SEAL, event_digest
 
@@ -124,24 +124,15 @@ class StepCheckpointed(RunEvent):
     progress_done: int | None = None
     progress_total: int | None = None
     # What a resume validates (engine.checkpoints): the step's `checkpoint_version`, the
-    # fingerprint of what it was reading (an `engine.checkpoints.Fingerprint`), and the keys of
-    # the side effects committed since its previous checkpoint. Defaults, not a class version:
-    # stored payloads without them decode as they always meant (version 1, nothing to check),
-    # and `_omit_defaults` leaves them out of a plain checkpoint, stored as before, byte for byte.
-    version: int = 1
-    source: dict[str, Any] | None = None
-    effects: list[str] = []
-
-    @model_serializer(mode="wrap")
-    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("version") == 1:
-            del data["version"]
-        if "source" in data and data["source"] is None:
-            del data["source"]
-        if data.get("effects") == []:
-            del data["effects"]
-        return data
+    # fingerprint of what it was reading (an `engine.fingerprints.Fingerprint`), and the keys
+    # of the side effects committed since its previous checkpoint. Defaults, not a class
+    # version: stored payloads without them decode as they always meant (version 1, nothing to
+    # check), and `exclude_if` leaves them out of a plain checkpoint, stored as before, byte
+    # for byte (and hashed alike: the hash covers the stored payload). A tuple, not a list,
+    # so that pydantic has no mutable default to copy for every checkpoint.
+    version: int = Field(default=1, exclude_if=lambda v: v == 1)
+    source: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+    effects: tuple[str, ...] = Field(default=(), exclude_if=lambda v: not v)
 
     def summary(self) -> str:
         progress = (f" progress {self.progress_done}/{self.progress_total}"
