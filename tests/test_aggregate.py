@@ -147,7 +147,26 @@ CASES: dict[type[ev.RunEvent], Case] = {
         lambda r: (r.status is RunStatus.PARKED and r.state.parked is not None
                    and r.state.parked.expected == "a#0") or pytest.fail("parked"),
     ),
+    ev.CheckpointValidated: (
+        lambda: _checkpointed(running_step(started())),
+        lambda r: r.validate_checkpoint(
+            "a#0", 1, ev.CheckpointOutcome.FELL_BACK, sequence=3, reason="effects missing",
+            checkpoint_version=1, step_version=2, resumed_from=2, state={"offset": 2},
+            at=T, worker=W),
+        lambda r: (r.steps["a#0"].checkpoint == {"offset": 2}
+                   and r.steps["a#0"].checkpoint_sequence == 3
+                   and r.state.checkpoint_meta["a#0"].version == 2
+                   and r.state.checkpoint_meta["a#0"].discarded == [(3, 3)])
+        or pytest.fail("validated"),
+    ),
 }
+
+
+def _checkpointed(run: WorkflowRun) -> WorkflowRun:
+    for n in (1, 2, 3):
+        run.checkpoint_step("a#0", 1, n, {"offset": n}, None, None, at=T, worker=W,
+                            effects=[f"row-{n}"])
+    return run
 
 
 def _timer(run: WorkflowRun) -> WorkflowRun:

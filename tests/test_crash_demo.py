@@ -16,6 +16,7 @@ import pytest
 
 from crashkit import Procs, check_history
 from engine import Engine, HistoryEntry
+from engine import events as ev
 from support import child_env, open_step, wait_until
 
 DEMO_RECORDS = 200_000
@@ -164,3 +165,38 @@ def test_demo_sigint_preempts_with_exit_75_and_resumes(
     entries = check_demo_history(engine)
     resumed = [e for e in entries if e.event_type == "StepStarted" and e.fields["attempt"] == 2]
     assert [e.fields["step_key"] for e in resumed] == ["process_records#0"]
+
+
+def test_demo_restarts_its_step_when_the_input_file_changed(
+    engine: Engine, store_url: str, procs: Procs, tmp_path: Path
+) -> None:
+    """The demo's checkpoints carry its input file's fingerprint: edited between an interrupt
+    and the resume, the file is processed again from the top, and the digest is a clean run's
+    over the edited file, not a mix of the two."""
+    workdir = tmp_path / "demo"
+    proc = procs.spawn(demo_args(workdir, store_url))
+    wait_until(lambda: demo_checkpoint(engine) >= 20_000 or proc.poll() is not None,
+               "the demo to checkpoint 20000 records")
+    assert proc.poll() is None, "\n".join(procs.output(proc))
+    os.kill(proc.pid, signal.SIGINT)
+    assert procs.finish(proc) == 75, "\n".join(procs.output(proc))
+    [dataset] = workdir.glob("input-*.csv")
+    lines = dataset.read_text().splitlines(keepends=True)
+    rid, account, currency, amount, day = lines[1].split(",")
+    lines[1] = ",".join([rid, account, "USD" if currency != "USD" else "EUR", amount, day])
+    dataset.write_text("".join(lines))
+
+    again = procs.spawn(demo_args(workdir, store_url))
+    assert procs.finish(again) == 0, "\n".join(procs.output(again))
+
+    run_id = demo_run(engine)
+    assert run_id is not None
+    [check] = [e.fields for e in engine.history(run_id) if e.kind is ev.CheckpointValidated]
+    assert check["outcome"] == "restarted"
+    assert check["source"]["ref"] == str(dataset.resolve())
+    clean = tmp_path / "clean"
+    (clean / "demo").mkdir(parents=True)
+    (clean / "demo" / dataset.name).write_text("".join(lines))
+    reference = procs.spawn(demo_args(clean / "demo", f"sqlite:///{clean / 'store.db'}"))
+    assert procs.finish(reference) == 0, "\n".join(procs.output(reference))
+    assert last_line(procs.output(again)[0]) == last_line(procs.output(reference)[0])

@@ -55,7 +55,7 @@ class ViewsCollector(Collector):
             runs.add_metric([stats.workflow, RunStatus.INTERRUPTED.value],
                             interrupted.get(stats.workflow, 0))
         yield runs
-        names = ("attempts", "retries", "failures", "preemptions", "crashes")
+        names = ("attempts", "retries", "failures", "preemptions", "crashes", "invalidated")
         families = {
             name: GaugeMetricFamily(f"stepstone_step_{name}", f"Step {name} by workflow and step",
                                     labels=["workflow", "step"])

@@ -161,6 +161,8 @@ class Hotspot(_Model):
     failures: int
     preemptions: int
     crashes: int
+    invalidated: int = Field(description="resumes that did not trust the step's last "
+                             "checkpoint (fell back, restarted or rejected)")
     interruptions: int = Field(description="preemptions + crashes, the sort key")
 
 

@@ -8,6 +8,7 @@ The public surface is below; everything else is private to the package.
 from engine.aggregate import WorkflowRun
 from engine.audit.patching import patched
 from engine.audit.replay_check import CheckResult, check_history
+from engine.checkpoint_policy import CheckpointRejectedError
 from engine.context import StepContext, step_context
 from engine.control import CancelOutcome
 from engine.definitions import Step, StepCall, Workflow, step, workflow
@@ -37,6 +38,7 @@ from engine.errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from engine.fingerprints import Fingerprint, file_fingerprint, function_fingerprint
 from engine.identity import load_workflow, run_id_for_key
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
@@ -51,10 +53,12 @@ __all__ = [
     "CancelOutcome",
     "CancelPendingError",
     "CheckResult",
+    "CheckpointRejectedError",
     "ConfigurationError",
     "DamagedLogError",
     "Engine",
     "EngineError",
+    "Fingerprint",
     "HistoryEntry",
     "IdempotencyConflictError",
     "InvalidInputError",
@@ -90,6 +94,8 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowRun",
     "check_history",
+    "file_fingerprint",
+    "function_fingerprint",
     "gather",
     "load_workflow",
     "patched",

@@ -27,6 +27,21 @@ class ErrorInfo(BaseModel):
     step_key: str | None = None
 
 
+class CheckpointMeta(BaseModel):
+    """What a resume validates of a step's checkpoint besides its state (engine.checkpoints).
+
+    Kept only for steps with a checkpoint that was not plain, so a plain one folds as before.
+    `discarded` are the sequence ranges a restart or a fallback took out of the step's line of
+    checkpoints: the effects a resume verifies are those of the checkpoints still in it.
+    """
+
+    sequence: int = 0  # the checkpoint the step's state is (a fallback goes back to one)
+    version: int = 1
+    source: dict[str, Any] | None = None
+    effects: bool = False  # some checkpoint still in the line recorded effects
+    discarded: list[tuple[int, int]] = []
+
+
 class StepState(BaseModel):
     key: str
     name: str
@@ -76,6 +91,9 @@ class RunState(BaseModel):
     parked: Divergence | None = None
     # -- control, docs/controlling-runs.md --
     deadline: datetime | None = None
+    # What resumes validate of each step's checkpoint, for steps whose checkpoints are not
+    # plain (engine.checkpoints); beside the steps so a plain run's state reads as before.
+    checkpoint_meta: dict[str, CheckpointMeta] = {}
 
 
 class RunCommandError(EngineError):
@@ -144,11 +162,22 @@ class WorkflowRun(BaseAggregate[UUID]):
 
     def checkpoint_step(self, key: str, attempt: int, sequence: int, state: Any,
                         done: int | None, total: int | None, *, at: datetime,
-                        worker: str) -> None:
+                        worker: str, version: int = 1, source: dict[str, Any] | None = None,
+                        effects: list[str] | None = None) -> None:
         self._running(key, attempt)
+        # Only what differs from the defaults: a plain checkpoint is built as it always was.
+        checks: dict[str, Any] = ({} if version == 1 and source is None and not effects else
+                  {"version": version, "source": source, "effects": effects or []})
         self._trigger(ev.StepCheckpointed, at, worker, step_key=key, attempt=attempt,
                       sequence=sequence, state=state, progress_done=done,
-                      progress_total=total)
+                      progress_total=total, **checks)
+
+    def validate_checkpoint(self, key: str, attempt: int, outcome: ev.CheckpointOutcome, *,
+                            at: datetime, worker: str, **found: Any) -> None:
+        """Record what a new attempt made of the step's last checkpoint (engine.checkpoints)."""
+        self._running(key, attempt)
+        self._trigger(ev.CheckpointValidated, at, worker, step_key=key, attempt=attempt,
+                      outcome=outcome, **found)
 
     def complete_step(self, key: str, attempt: int, output: Any, duration_s: float, *,
                       at: datetime, worker: str) -> None:
@@ -283,6 +312,11 @@ class WorkflowRun(BaseAggregate[UUID]):
                 step = s.steps[event.step_key]
                 step.checkpoint_sequence = event.sequence
                 step.checkpoint = event.state
+                if (event.version != 1 or event.source or event.effects
+                        or event.step_key in s.checkpoint_meta):
+                    _fold_checkpoint_meta(s, event)
+            case ev.CheckpointValidated():
+                _fold_validation(s, event)
             case ev.StepCompleted():
                 step = s.steps[event.step_key]
                 step.status = StepStatus.COMPLETED
@@ -342,6 +376,34 @@ class WorkflowRun(BaseAggregate[UUID]):
     @property
     def completed_steps(self) -> int:
         return sum(1 for step in self.state.steps.values() if step.status is StepStatus.COMPLETED)
+
+
+def _fold_checkpoint_meta(s: RunState, event: ev.StepCheckpointed) -> None:
+    meta = s.checkpoint_meta.setdefault(event.step_key, CheckpointMeta())
+    meta.sequence = event.sequence
+    meta.version = event.version
+    meta.source = event.source
+    meta.effects = meta.effects or bool(event.effects)
+
+
+def _fold_validation(s: RunState, event: ev.CheckpointValidated) -> None:
+    """A fallback or an upgrade hands the step another state; a restart hands it none."""
+    outcome = ev.CheckpointOutcome
+    step = s.steps[event.step_key]
+    meta = (s.checkpoint_meta.get(event.step_key)
+            or CheckpointMeta(sequence=step.checkpoint_sequence))
+    if event.outcome in (outcome.UPGRADED, outcome.FELL_BACK):
+        step.checkpoint = event.state
+        meta.sequence = event.resumed_from
+        meta.version = event.step_version
+        meta.source = event.source
+    if event.outcome is outcome.FELL_BACK and event.resumed_from < event.sequence:
+        meta.discarded.append((event.resumed_from + 1, event.sequence))
+    if event.outcome is outcome.RESTARTED:
+        step.checkpoint = None
+        meta = CheckpointMeta(version=event.step_version,
+                              discarded=[*meta.discarded, (1, event.sequence)])
+    s.checkpoint_meta[event.step_key] = meta
 
 
 class RunSnapshot(BaseModel, CanSnapshotAggregate[UUID]):

@@ -7,12 +7,14 @@ outside any workflow simply runs as a plain function.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 if TYPE_CHECKING:
     from engine.definitions import Step
+    from engine.fingerprints import Fingerprint
     from engine.stopping import CheckpointRate
 
 
@@ -29,7 +31,8 @@ class StepRunner(Protocol):
 class CheckpointSink(Protocol):
     """Where a running step's checkpoints go (the RunDriver); kept abstract for tests."""
 
-    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         """Record `state` durably; unwind with `Preempted` if preemption was requested."""
 
     @property
@@ -53,12 +56,14 @@ class StepContext:
         last_checkpoint: Any,
         checkpoint_sequence: int,
         sink: CheckpointSink | None,
+        checkpoint_version: int = 1,
     ) -> None:
         self.run_id = run_id
         self.step_key = step_key
         self.attempt = attempt
         self.last_checkpoint = last_checkpoint
         self.checkpoint_sequence = checkpoint_sequence
+        self.checkpoint_version = checkpoint_version  # @step(checkpoint_version=...)
         self._sink = sink
         # Control (engine.stopping): when this attempt's own timeout passes (monotonic), whether
         # the step was told so, and whether the driver stopped waiting for it.
@@ -88,18 +93,23 @@ class StepContext:
         """Seconds left before this attempt's timeout (`@step(timeout=...)`), if it has one."""
         return None if self.timeout_at is None else self.timeout_at - time.monotonic()
 
-    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None) -> None:
+    def checkpoint(self, state: Any, *, done: int | None = None, total: int | None = None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         """Persist progress inside the step (an offset, a cursor, a partial result).
 
-        `done`/`total` are optional progress figures for the read side. If preemption, a
-        cancel or the run's deadline is pending, this persists the checkpoint and then unwinds
-        the step; past the attempt's own timeout it persists it and raises `StepTimeoutError`.
+        `done`/`total` are optional progress figures for the read side. `source`, a
+        fingerprint of what the step reads (`file_fingerprint`, `function_fingerprint`), is
+        computed again before a resume trusts this checkpoint; `effects` are the keys of the
+        side effects committed since the previous checkpoint, which the step's
+        `verify_effects` checks on resume (docs/architecture.md). If preemption, a cancel or
+        the run's deadline is pending, this persists the checkpoint and then unwinds the step;
+        past the attempt's own timeout it persists it and raises `StepTimeoutError`.
         """
         if self._sink is None:
             self.last_checkpoint = state
             self.checkpoint_sequence += 1
             return
-        self._sink.checkpoint(self, state, done, total)
+        self._sink.checkpoint(self, state, done, total, source, effects)
 
 
 current_runner: ContextVar[StepRunner | None] = ContextVar("stepstone_runner", default=None)

@@ -20,6 +20,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import PydanticSerializationError
 
+from engine.checkpoint_policy import (
+    PLAIN,
+    CheckpointPolicy,
+    EffectsPolicy,
+    SourcePolicy,
+    VerifyEffects,
+    VersionPolicy,
+)
 from engine.context import StepContext, current_runner, current_step
 from engine.errors import ConfigurationError, InvalidInputError, OutputEncodingError
 from engine.retry import DEFAULT_RETRY, RetryPolicy
@@ -84,10 +92,12 @@ class Step(Generic[P, R]):
     """A durable step. Inside a workflow run its outcome is recorded; elsewhere it just runs."""
 
     def __init__(self, fn: Callable[P, R], name: str, retry: RetryPolicy,
+                 checkpoints: CheckpointPolicy = PLAIN,
                  timeout_s: float | None = None) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.checkpoints = checkpoints
         self.timeout_s = timeout_s
         self.codec = JsonCodec(fn, f"step {name!r}")
         functools.update_wrapper(self, fn)
@@ -125,6 +135,9 @@ def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 def step(
     *, name: str | None = None, retry: RetryPolicy | None = None,
     timeout: timedelta | float | None = None,
+    checkpoint_version: int = 1, on_version_change: VersionPolicy = "restart",
+    on_source_change: SourcePolicy = "restart", verify_effects: VerifyEffects | None = None,
+    on_missing_effects: EffectsPolicy = "fallback",
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -135,17 +148,33 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: timedelta | float | None = None,
+    checkpoint_version: int = 1,
+    on_version_change: VersionPolicy = "restart",
+    on_source_change: SourcePolicy = "restart",
+    verify_effects: VerifyEffects | None = None,
+    on_missing_effects: EffectsPolicy = "fallback",
 ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
     """Declare a durable step; `retry` defaults to 3 attempts with exponential backoff.
 
     `timeout` (seconds or a timedelta) bounds each attempt: past it the attempt fails with a
     retryable `StepTimeoutError` (docs/controlling-runs.md says how, since Python cannot stop
     a thread).
+
+    The other options say when a new attempt may trust the step's last checkpoint
+    (`engine.checkpoints`, docs/architecture.md "Checkpoints a resume validates"):
+    `checkpoint_version` is recorded with every checkpoint, and one written by another version
+    goes through `on_version_change` (an upgrade function `(state, old_version) -> state`, or
+    `restart`/`fail`); a checkpoint whose `source` fingerprint changed follows
+    `on_source_change` (`restart`/`fail`/`trust`); with `verify_effects(keys, *args,
+    **kwargs) -> missing keys`, missing effects resume from the last checkpoint whose effects
+    verify (`on_missing_effects='fallback'`), or `restart`/`fail`.
     """
     timeout_s = seconds_of(timeout, "@step(timeout=...)")
+    checks = CheckpointPolicy(checkpoint_version, on_version_change, on_source_change,
+                              verify_effects, on_missing_effects)
 
     def wrap(f: Callable[P, R]) -> Step[P, R]:
-        return Step(f, name or f.__name__, retry or DEFAULT_RETRY, timeout_s)
+        return Step(f, name or f.__name__, retry or DEFAULT_RETRY, checks, timeout_s)
 
     return wrap(fn) if fn is not None else wrap
 

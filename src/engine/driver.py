@@ -12,11 +12,11 @@ import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from engine import checkpoints
 from engine import events as ev
 from engine.aggregate import RunCommandError, StepState, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
@@ -30,6 +30,7 @@ from engine.errors import (
     StepTimeoutError,
     StoreUnavailableError,
 )
+from engine.fingerprints import Fingerprint
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import Preempted, PreemptionToken
@@ -61,16 +62,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    """A checkpoint asked for but not yet committed (throttled)."""
-
-    ctx: StepContext
-    state: Any
-    done: int | None
-    total: int | None
 
 
 class RunDriver:
@@ -124,7 +115,7 @@ class RunDriver:
         self._history = list(run.steps)
         self._position = 0
         self._ordinals: Counter[str] = Counter()
-        self._pending_checkpoints: dict[str, _Checkpoint] = {}
+        self._pending_checkpoints: dict[str, checkpoints.Pending] = {}
         self._last_checkpoint_at: dict[str, float] = {}
         self._divergence: NonDeterminismError | None = None
         self._abandoned: EngineError | None = None
@@ -347,6 +338,7 @@ class RunDriver:
                 last_checkpoint=state.checkpoint,
                 checkpoint_sequence=state.checkpoint_sequence,
                 sink=self,
+                checkpoint_version=step.checkpoints.version,
             )
             t0 = time.perf_counter()
             bound = self._attempt_bound(step, ctx)
@@ -358,6 +350,7 @@ class RunDriver:
             )
             span = span_cm.__enter__()
             try:
+                ctx.last_checkpoint = checkpoints.resume_state(self, step, ctx, args, kwargs)
                 if bound is None:
                     value = step.fn(*args, **kwargs)
                 else:
@@ -521,7 +514,8 @@ class RunDriver:
     def cancel_requested(self) -> bool:
         return isinstance(self.stop_pending(), (Cancelled, DeadlinePassed))
 
-    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         try:
             encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
         except EngineError as e:  # not the step's failure: the run stays resumable
@@ -534,7 +528,9 @@ class RunDriver:
         with self._lock:  # an abandoned attempt's thread must not leave one behind
             if ctx.abandoned:
                 raise AttemptAbandoned(ctx.step_key)
-            self._pending_checkpoints[ctx.step_key] = _Checkpoint(ctx, encoded, done, total)
+            self._pending_checkpoints[ctx.step_key] = checkpoints.Pending.of(
+                self._pending_checkpoints.get(ctx.step_key), ctx, encoded, done, total, source,
+                effects)
         TRACER.event("checkpoint", {"stepstone.sequence": ctx.checkpoint_sequence})
         stop = self.stop_pending(ctx.step_key)
         overdue = ctx.timeout_at is not None and time.monotonic() >= ctx.timeout_at
@@ -562,6 +558,7 @@ class RunDriver:
         self.record(
             self.run.checkpoint_step, cp.ctx.step_key, cp.ctx.attempt,
             cp.ctx.checkpoint_sequence, cp.state, cp.done, cp.total,
+            version=cp.ctx.checkpoint_version, source=cp.source, effects=cp.effects,
         )
         self.save()
 

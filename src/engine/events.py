@@ -15,7 +15,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.audit.chain import SEAL, event_digest
 
@@ -126,11 +126,73 @@ class StepCheckpointed(RunEvent):
     state: Any
     progress_done: int | None = None
     progress_total: int | None = None
+    # What a resume validates (engine.checkpoints): the step's `checkpoint_version`, the
+    # fingerprint of what it was reading (an `engine.fingerprints.Fingerprint`), and the keys
+    # of the side effects committed since its previous checkpoint. Defaults, not a class
+    # version: stored payloads without them decode as they always meant (version 1, nothing to
+    # check), and `exclude_if` leaves them out of a plain checkpoint, stored as before, byte
+    # for byte (and hashed alike: the hash covers the stored payload). A tuple, not a list,
+    # so that pydantic has no mutable default to copy for every checkpoint.
+    version: int = Field(default=1, exclude_if=lambda v: v == 1)
+    source: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+    effects: tuple[str, ...] = Field(default=(), exclude_if=lambda v: not v)
 
     def summary(self) -> str:
         progress = (f" progress {self.progress_done}/{self.progress_total}"
                     if self.progress_total is not None else "")
-        return f"checkpoint #{self.sequence}{progress} state {short(self.state, 50)}"
+        checks = f" v{self.version}" if self.version != 1 else ""
+        if self.source is not None:
+            checks += f" source {self.source.get('kind')} {self.source.get('value')}"
+        if self.effects:
+            checks += f" effects {len(self.effects)}"
+        return f"checkpoint #{self.sequence}{checks}{progress} state {short(self.state, 50)}"
+
+
+class CheckpointOutcome(StrEnum):
+    """What a resume made of a step's last checkpoint (engine.checkpoints)."""
+
+    VALID = "valid"  # every check passed: the checkpoint is handed over as recorded
+    TRUSTED = "trusted"  # its source changed and the step's policy is to trust it anyway
+    UPGRADED = "upgraded"  # written by an older version: the step's upgrade function ran
+    FELL_BACK = "fell_back"  # effects were missing: an earlier checkpoint whose effects verify
+    RESTARTED = "restarted"  # the step starts again from scratch, without a checkpoint
+    REJECTED = "rejected"  # the step's policy is `fail`: the step fails for good with the reason
+
+    @property
+    def invalidated(self) -> bool:
+        """Whether the checkpoint the step had reached was not resumed from."""
+        return self in (CheckpointOutcome.FELL_BACK, CheckpointOutcome.RESTARTED,
+                        CheckpointOutcome.REJECTED)
+
+
+class CheckpointValidated(RunEvent):
+    """A new attempt checked the step's last checkpoint before trusting it, and this came of it.
+
+    `sequence` is the checkpoint examined; `resumed_from` the one handed to the step (0: none);
+    `state` what the step got when that is not the recorded state (upgraded, fallen back).
+    """
+
+    step_key: str
+    attempt: int
+    sequence: int
+    outcome: CheckpointOutcome
+    reason: str
+    checkpoint_version: int
+    step_version: int
+    resumed_from: int
+    source: dict[str, Any] | None = None
+    source_now: str | None = None
+    missing: list[str] = []
+    missing_count: int = 0
+    state: Any = None
+
+    def summary(self) -> str:
+        text = f"checkpoint #{self.sequence} {self.outcome.value}"
+        if self.outcome in (CheckpointOutcome.FELL_BACK, CheckpointOutcome.UPGRADED):
+            text += f" (resumed from #{self.resumed_from})"
+        if self.reason:
+            text += f": {self.reason}"
+        return text
 
 
 class StepCompleted(RunEvent):
@@ -283,4 +345,5 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunParked,
     TimerStarted,
     TimerFired,
+    CheckpointValidated,
 )

@@ -46,7 +46,7 @@ class StepAttemptsView(View):
     ignores = frozenset({  # a step's attempts are all it shows (a reused step ran none)
         ev.RunStarted, ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired,
         ev.RunPreempted, ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut,
-        ev.PatchMarked, ev.StepReused, ev.RunParked,
+        ev.PatchMarked, ev.StepReused, ev.RunParked, ev.CheckpointValidated,
     })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:

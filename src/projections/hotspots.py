@@ -3,7 +3,9 @@
 - `crashes`: a step started again while its previous attempt had no recorded end (completed,
   failed or preempted): the worker died under it;
 - `retries`: attempts after the first (for any reason: a failure, a preemption, a crash);
-- `failures`, `preemptions`: the step's failed and preempted attempts; `attempts`: all of them.
+- `failures`, `preemptions`: the step's failed and preempted attempts; `attempts`: all of them;
+- `invalidated`: resumes that did not trust the step's last checkpoint (`CheckpointValidated`
+  fell back, restarted or rejected: a changed input, lost effects, a version without upgrade).
 
 Step events do not carry the workflow, and a crash is only visible against the previous
 attempt, so the view keeps per run its workflow and its attempts without an end in a private
@@ -20,6 +22,7 @@ import orjson
 
 from engine import events as ev
 from engine.events import (
+    CheckpointValidated,
     RunStarted,
     StepCompleted,
     StepFailed,
@@ -40,6 +43,7 @@ HOTSPOTS = Table(
         ("failures", "int"),
         ("preemptions", "int"),
         ("crashes", "int"),
+        ("invalidated", "int"),
     ),
     key=("workflow", "step_name"),
 )
@@ -49,7 +53,8 @@ HOTSPOTS_RUNS = Table(
     key=("run_id",),
 )
 _COUNTERS = HOTSPOTS.column_names[2:]
-_STEP_KINDS: Events = frozenset({StepStarted, StepCompleted, StepFailed, StepPreempted})
+_STEP_KINDS: Events = frozenset({StepStarted, StepCompleted, StepFailed, StepPreempted,
+                                 CheckpointValidated})
 _KINDS = _STEP_KINDS | {RunStarted}
 
 
@@ -75,7 +80,7 @@ class HotspotsView(View):
             run_id: [workflow, orjson.loads(open_steps), open_steps]
             for run_id, workflow, open_steps in loaded
         }
-        deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 5)
+        deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 6)
         for fact in facts:
             d = fact.data
             if fact.kind is RunStarted:
@@ -89,6 +94,11 @@ class HotspotsView(View):
                 c[1] += d["attempt"] > 1
                 c[4] += key in open_steps
                 open_steps[key] = d["step_name"]
+                continue
+            if fact.kind is CheckpointValidated:  # inside an attempt, which stays open
+                if ev.CheckpointOutcome(d["outcome"]).invalidated:
+                    name = open_steps.get(key) or key.rpartition("#")[0] or key
+                    deltas[(workflow, name)][5] += 1
                 continue
             name = open_steps.pop(key, None) or key.rpartition("#")[0] or key
             if fact.kind is StepFailed:

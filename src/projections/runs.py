@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.events import (
+    CheckpointValidated,
     PatchMarked,
     RunCancelled,
     RunFailed,
@@ -93,7 +94,7 @@ class RunsView(View):
     name = "runs"
     tables = (RUNS,)
     handles = _HANDLES
-    ignores = frozenset({PatchMarked})
+    ignores = frozenset({PatchMarked, CheckpointValidated})  # stamped only, like any event
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:
         return tx.select(self.bound[0], _COLUMNS, touched_runs(facts))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine import RetryPolicy, step, step_context, workflow
+from engine import RetryPolicy, file_fingerprint, step, step_context, workflow
 from engine.workers.leases import process_alive
 
 _CURRENCIES = {"EUR": Decimal("1"), "USD": Decimal("0.9213"), "GBP": Decimal("1.1642"),
@@ -74,9 +74,14 @@ def _convert(line: str) -> tuple[int, str, str, str, str]:
     return int(rid), account, day, str(eur), fingerprint
 
 
-@step(retry=RetryPolicy(max_attempts=5, initial_interval_s=0.5))
+@step(retry=RetryPolicy(max_attempts=5, initial_interval_s=0.5), on_source_change="restart")
 def process_records(dataset: str, output: str, records: int, chunk: int) -> dict[str, int]:
-    """Convert every record, one chunk per transaction, checkpointing the offset after each."""
+    """Convert every record, one chunk per transaction, checkpointing the offset after each.
+
+    Each checkpoint carries the input file's fingerprint (size and mtime): if the file changed
+    between an interruption and the resume, the byte offset means nothing in the new file, so
+    the step starts again from the top instead of producing a wrong digest.
+    """
     ctx = step_context()
     position = ctx.last_checkpoint or {"offset": 0, "byte": len(_HEADER)}
     offset, byte = int(position["offset"]), int(position["byte"])
@@ -99,7 +104,8 @@ def process_records(dataset: str, output: str, records: int, chunk: int) -> dict
                 out.execute("COMMIT")
                 offset += len(rows)
                 bar.update(len(rows))
-                ctx.checkpoint({"offset": offset, "byte": f.tell()}, done=offset, total=records)
+                ctx.checkpoint({"offset": offset, "byte": f.tell()}, done=offset, total=records,
+                               source=file_fingerprint(dataset))
     finally:
         bar.close()
         out.close()

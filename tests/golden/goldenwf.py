@@ -11,6 +11,10 @@ try:  # releases before patch markers wrote the older golden logs with this same
     from engine import patched
 except ImportError:  # pragma: no cover - only when regenerating an old release's log
     patched = None  # type: ignore[assignment]
+try:  # releases before checkpoints a resume validates
+    from engine import function_fingerprint
+except ImportError:  # pragma: no cover - only when regenerating an old release's log
+    function_fingerprint = None  # type: ignore[assignment]
 try:
     from engine.durable import sleep
 except ImportError:  # pragma: no cover - releases before durable sleep
@@ -18,6 +22,7 @@ except ImportError:  # pragma: no cover - releases before durable sleep
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.0, jitter=0.0)
 FLAGS = {"flaky_failures": 0, "preempt": False, "broken": False}
+CHECKS: dict[str, Any] = {"source": "a", "missing": []}
 
 
 @step
@@ -73,3 +78,32 @@ def with_sleep(n: int) -> int:
     if sleep is not None:
         sleep(0.01)
     return first + count(n + 1)
+
+
+def golden_source(label: str) -> str:
+    """The fingerprint of what `tally` reads: changed by the golden script between drives."""
+    return f"{label}:{CHECKS['source']}"
+
+
+def golden_missing(keys: list[str], n: int) -> list[str]:
+    return [k for k in keys if k in CHECKS["missing"]]
+
+
+with_checks: Any = None
+if function_fingerprint is not None:
+    @step(checkpoint_version=2, verify_effects=golden_missing)
+    def tally(n: int) -> int:
+        ctx = step_context()
+        start = ctx.last_checkpoint or 0
+        for i in range(start, n):
+            ctx.checkpoint(i + 1, done=i + 1, total=n,
+                           source=function_fingerprint(golden_source, "tally"),
+                           effects=[f"tally-{i}"])
+            if FLAGS["preempt"] and i == 2:
+                FLAGS["preempt"] = False
+                raise Preempted("golden: stopped in a validated step")
+        return n
+
+    @workflow("golden-checked")
+    def with_checks(n: int) -> int:
+        return tally(n)

@@ -72,7 +72,26 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
         runs.append(("slept", engine.run(with_sleep, {"n": 1}).run_id))
     if goldenwf.patched is not None:
         runs.extend(audit_runs(engine, failed))
+    if goldenwf.with_checks is not None:
+        runs.extend(checked_runs(engine))
     return runs
+
+
+def checked_runs(engine: Engine) -> list[tuple[str, Any]]:
+    """Checkpoints with a version, a source and effects; a resume that fell back (an effect
+    missing) and one that restarted (the source changed)."""
+    out: list[tuple[str, Any]] = []
+    for label, change in (("checkpoint-fell-back", {"missing": ["tally-2"]}),
+                          ("checkpoint-restarted", {"source": "b"})):
+        goldenwf.CHECKS.update(source="a", missing=[])
+        FLAGS.update(preempt=True)
+        rid = engine.run(goldenwf.with_checks, {"n": 5 if "fell" in label else 6}).run_id
+        engine.token.clear()
+        goldenwf.CHECKS.update(change)
+        engine.resume(rid)
+        out.append((label, rid))
+    goldenwf.CHECKS.update(source="a", missing=[])
+    return out
 
 
 def audit_runs(engine: Engine, failed: Any) -> list[tuple[str, Any]]:

@@ -2,7 +2,9 @@
 
 Each directory here holds a log (`stepstone export` format) and what the release that wrote
 it read back from it. r1 was written by the release before hash chains and forks (its
-RunStarted events are class version 1, upcast on read); r2 by the release that added them.
+RunStarted events are class version 1, upcast on read); r2 by the release that added them;
+r3 by the release that added checkpoints a resume validates (checkpoints with a version, a
+source and effects, and `CheckpointValidated` events that fell back and restarted).
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ _STATUS = {
     ev.RunPreempted: "preempted", ev.RunCompleted: "completed", ev.RunFailed: "failed",
     ev.RunCancelled: "cancelled", ev.RunTimedOut: "timed_out",
 }
-_QUIET = (ev.StepCheckpointed, ev.StepCompleted, ev.StepFailed, ev.StepPreempted)
+_QUIET = (ev.StepCheckpointed, ev.StepCompleted, ev.StepFailed, ev.StepPreempted,
+          ev.CheckpointValidated)
 STATUSES = ("pending", "running", "preempted", "waiting", "completed", "failed", "cancelled",
             "timed_out", "parked")
 
@@ -77,13 +78,15 @@ def expected_views(
         runs[(str(run_id),)] = tuple(run.values())
         workflow = run["workflow"]
         for (key, attempt), a in tried.items():
+            invalidated = a.pop("invalidated")  # a hotspots count, not an attempts column
             attempts[(str(run_id), key, attempt)] = (str(run_id), key, attempt, *a.values())
-            h = hot.setdefault((workflow, a["step_name"]), [0, 0, 0, 0, 0])
+            h = hot.setdefault((workflow, a["step_name"]), [0, 0, 0, 0, 0, 0])
             h[0] += 1
             h[1] += attempt > 1
             h[2] += a["outcome"] == "failed"
             h[3] += a["outcome"] == "preempted"
             h[4] += a["outcome"] == "crashed"
+            h[5] += invalidated
         hot_runs[(str(run_id),)] = (str(run_id), workflow, opened)
         duration = None
         if run["status"] == "completed":
@@ -138,12 +141,14 @@ def _fold_run(
             tried[(e.step_key, e.attempt)] = {
                 "step_name": e.step_name, "worker": e.worker_id, "started_at": ts,
                 "ended_at": None, "outcome": "running", "duration_s": None,
-                "error_type": None, "error_message": None,
+                "error_type": None, "error_message": None, "invalidated": 0,
             }
             run["current_step"], run["current_step_status"] = e.step_key, "running"
         elif isinstance(e, ev.StepCheckpointed):
             if e.progress_total is not None:
                 progress[e.step_key] = (e.progress_done, e.progress_total)
+        elif isinstance(e, ev.CheckpointValidated):
+            tried[(e.step_key, e.attempt)]["invalidated"] += e.outcome.invalidated
         elif isinstance(e, (ev.StepCompleted, ev.StepFailed, ev.StepPreempted)):
             open_attempt.pop(e.step_key, None)
             a = tried[(e.step_key, e.attempt)]

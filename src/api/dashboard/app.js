@@ -218,11 +218,12 @@ async function loadWorkflows() {
 
 async function loadHotspots() {
   const { items } = await getJSON("/hotspots?limit=25");
-  const rows = items.filter((h) => h.interruptions + h.failures + h.retries > 0);
+  const rows = items.filter((h) => h.interruptions + h.failures + h.retries + h.invalidated > 0);
   $("hotspots").tBodies[0].replaceChildren(...rows.map((h) => el("tr", {},
     el("td", {}, h.workflow + " / ", el("span", { class: "mono" }, h.step_name)),
     el("td", { class: "num" }, h.attempts), el("td", { class: "num" }, h.failures),
-    el("td", { class: "num" }, h.preemptions), el("td", { class: "num" }, h.crashes))));
+    el("td", { class: "num" }, h.preemptions), el("td", { class: "num" }, h.crashes),
+    el("td", { class: "num" }, h.invalidated))));
   $("hotspots-empty").hidden = rows.length > 0;
 }
 
@@ -315,19 +316,35 @@ function details(fields) {
   return text.length > 200 ? text.slice(0, 197) + "..." : text;
 }
 
+// A checkpoint's version, source and effect count; a validation's outcome.
+function checkpointChecks(e) {
+  const f = e.fields;
+  if (f.outcome) {
+    const from = f.resumed_from && f.resumed_from !== f.sequence ? ` from #${f.resumed_from}` : "";
+    const missing = f.missing_count ? ` · ${f.missing_count} missing` : "";
+    return `resume: ${f.outcome}${from} · v${f.checkpoint_version}→v${f.step_version}${missing}`;
+  }
+  const parts = [`v${f.version ?? 1}`];
+  if (f.source) parts.push(`source ${f.source.kind} ${f.source.value}`);
+  if (f.effects && f.effects.length) parts.push(`${f.effects.length} effects`);
+  return parts.join(" · ");
+}
+
 function renderEvents() {
   const evs = runView.events;
   $("events").tBodies[0].replaceChildren(...evs.slice().reverse().map((e) => el("tr", {},
     el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
     el("td", {}, e.event_type), el("td", { class: "mono", title: details(e.fields) }, details(e.fields)))));
   $("older-events").hidden = !runView.olderLeft;
+  // Checkpoints, and what each resume made of the last one (CheckpointValidated).
   const cps = runView.checkpoints;
   $("checkpoints").tBodies[0].replaceChildren(...cps.slice().reverse().map((e) => el("tr", {},
     el("td", { class: "num" }, e.position), el("td", {}, fmtTime(e.timestamp)),
     el("td", { class: "mono" }, e.fields.step_key), el("td", { class: "num" }, e.fields.attempt),
     el("td", { class: "num" }, e.fields.sequence),
     el("td", {}, e.fields.progress_total ? `${e.fields.progress_done ?? 0} / ${e.fields.progress_total}` : ""),
-    el("td", { class: "mono" }, JSON.stringify(e.fields.state)))));
+    el("td", { class: "mono" }, checkpointChecks(e)),
+    el("td", { class: "mono" }, e.fields.outcome ? (e.fields.reason || e.fields.outcome) : JSON.stringify(e.fields.state)))));
   $("checkpoints-empty").hidden = cps.length > 0;
 }
 
@@ -337,7 +354,7 @@ async function loadRunDetails(id) {
   const [steps, , cps] = await Promise.all([
     getJSON(`/runs/${id}/steps?limit=1000`),
     loadNewEvents(id),
-    getJSON(`/runs/${id}/events?limit=${CHECKPOINTS_PAGE}&before=${NEWEST}&type=StepCheckpointed`),
+    getJSON(`/runs/${id}/events?limit=${CHECKPOINTS_PAGE}&before=${NEWEST}&type=StepCheckpointed,CheckpointValidated`),
   ]);
   runView.checkpoints = cps.items;
   renderTimeline(steps.items);

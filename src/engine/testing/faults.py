@@ -13,12 +13,13 @@ import copy
 import functools
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.context import CheckpointSink, StepContext, current_runner, current_step
 from engine.definitions import Step, StepCall, Workflow
+from engine.fingerprints import Fingerprint
 from engine.preemption import PreemptionToken
 
 FaultKind = Literal["crash", "halt", "preempt"]
@@ -163,9 +164,10 @@ class _CheckingSink:
         self._injector = injector
         self._key = key
 
-    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None) -> None:
+    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None,
+                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
         self._injector.checkpoint(
-            self._key, lambda: self._inner.checkpoint(ctx, state, done, total)
+            self._key, lambda: self._inner.checkpoint(ctx, state, done, total, source, effects)
         )
 
     @property
@@ -188,7 +190,8 @@ def _step_twin(step: Step[..., Any], injector: FaultInjector) -> Step[..., Any]:
         injector.step_ends(ctx.step_key)
         return value
 
-    twin: Step[..., Any] = Step(body, step.name, step.retry, step.timeout_s)
+    twin: Step[..., Any] = Step(body, step.name, step.retry, step.checkpoints,
+                                step.timeout_s)
     twin.codec = step.codec  # the real step's declared output type, not the wrapper's
     return twin
 

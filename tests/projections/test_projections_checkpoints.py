@@ -1,0 +1,45 @@
+"""The views over runs whose checkpoints a resume did not trust: the hotspots count them, and
+every view still equals the oracle's fold of the log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from view_oracle import actual_views, expected_views
+
+import checkpointwf
+from engine import Engine, RunStatus
+from projections import Projector
+
+
+@pytest.fixture
+def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
+    db = store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
+    try:
+        yield db
+    finally:
+        checkpointwf.close_ledgers()
+
+
+def test_the_views_count_invalidated_checkpoints(
+    engine: Engine, tmp_path: Path, ledger_db: str
+) -> None:
+    path = tmp_path / "input.txt"
+    path.write_text("".join(f"{v}\n" for v in range(40)))
+    given = {"path": str(path), "db": ledger_db, "chunk": 5, "unit_ms": 0}
+    wf = checkpointwf.make()
+    checkpointwf.HOOK.update(engine=engine, preempt_at=2, seen=0)
+    try:
+        assert engine.run(wf, given, key=checkpointwf.KEY).status is RunStatus.PREEMPTED
+    finally:
+        checkpointwf.HOOK.update(engine=None, preempt_at=None, seen=0)
+        engine.token.clear()
+    path.write_text("7\n" * 40)
+    run_id = engine.run(wf, given, key=checkpointwf.KEY).run_id
+    with Projector(engine.store) as projector:
+        projector.catch_up()
+        views = actual_views(projector)
+        assert views == expected_views(engine.store, [run_id])
+        assert views["hotspots"][("cp-sum", "sum_file")][-1] == 1  # invalidated
