@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import CanMutateAggregate, OriginatorVersionError
 from eventsourcing.persistence import (
@@ -21,10 +20,8 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
-from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment, EnvType, get_topic, retry
-from psycopg.rows import tuple_row
 
 from engine.aggregate import RunSnapshot, WorkflowRun
 from engine.codec import OrjsonTranscoder, PydanticMapper
@@ -38,11 +35,17 @@ from engine.errors import (
 )
 from engine.events import RunEvent, RunStarted
 from engine.logcontext import get_logger
-from engine.storage import Dialect, LogReader, StoreLocation, schema_lock
+from engine.storage import Dialect, LogReader, StoreLocation, pg_errors, schema_lock
+
+if TYPE_CHECKING:
+    from eventsourcing.postgres import PostgresDatastore
 
 log = get_logger("stepstone.engine")
 
-_STORE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error, OSError)
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a failing store raises (psycopg's errors only once psycopg is loaded)."""
+    return (PersistenceError, *pg_errors(), sqlite3.Error, OSError)
 
 
 class RunStore(Application[UUID]):
@@ -66,7 +69,7 @@ class RunStore(Application[UUID]):
                     super().__init__(env=env)
             else:
                 super().__init__(env=env)
-        except _STORE_ERRORS as e:
+        except _store_errors() as e:
             raise StoreUnavailableError(location.display, _reason(e)) from e
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
@@ -93,7 +96,7 @@ class RunStore(Application[UUID]):
             raise DamagedLogError(
                 run_id, e.version, self.position_of(run_id, e.version), e.what
             ) from e
-        except _STORE_ERRORS as e:
+        except _store_errors() as e:
             raise StoreUnavailableError(self.location.display, _reason(e)) from e
         if run is None:
             raise RunNotFoundError(run_id)
@@ -167,7 +170,7 @@ class RunStore(Application[UUID]):
             self.events.put(events)
         except IntegrityError:
             raise RunConflictError(events[0].originator_id) from None
-        except _STORE_ERRORS as e:
+        except _store_errors() as e:
             raise StoreWriteError(self.location.display, _reason(e)) from e
         if self.snapshots is not None:
             for run, _ in batch:
@@ -179,7 +182,7 @@ class RunStore(Application[UUID]):
         # so failing to store one must not fail the save.
         try:
             self.snapshots.put([RunSnapshot.take(run)])  # type: ignore[union-attr]
-        except _STORE_ERRORS as e:
+        except _store_errors() as e:
             log.warning("no snapshot of run %s at version %d: %s", run.id, run.version, e)
         run.snapshot_version = run.version
 
@@ -226,8 +229,6 @@ class RunStore(Application[UUID]):
 
     def head(self) -> int:
         return self.reader.head()
-
-
     def snapshotted_runs(self) -> list[UUID]:
         """The runs that have at least one snapshot (for `verify`, which checks them)."""
         if self.snapshots is None:
@@ -271,7 +272,7 @@ class RunStore(Application[UUID]):
         """The log position of the run's first event at or after `version` (for messages)."""
         try:
             return self.reader.position_of(run_id, version)
-        except _STORE_ERRORS:
+        except _store_errors():
             return None
 
     @property
@@ -288,14 +289,12 @@ class RunStore(Application[UUID]):
             with datastore.transaction(commit=False) as c:
                 c.execute(sql, tuple(params))
                 return [tuple(row) for row in c.fetchall()]
+        from psycopg.rows import tuple_row
+
         with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(self.dialect.qmarks(sql), tuple(params))
             return cur.fetchall()
-
-
 _LOAD_PAGE = 5000
-
-
 def _apply(run_id: UUID, run: WorkflowRun | None, event: RunEvent) -> WorkflowRun:
     """Fold one event, naming the damage when the log skips a version."""
     expected = 1 if run is None else run.version + 1
@@ -309,8 +308,6 @@ def _apply(run_id: UUID, run: WorkflowRun | None, event: RunEvent) -> WorkflowRu
         return cast(WorkflowRun, event.mutate(run))
     except OriginatorVersionError as e:  # the check above makes this unreachable
         raise DamagedLogError(run_id, expected, None, str(e)) from e
-
-
 def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines) if lines else type(error).__name__

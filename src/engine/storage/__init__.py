@@ -11,6 +11,7 @@ from engine.storage.connections import (
     connect_sqlite,
     connect_sqlite_read_only,
     listen,
+    pg_errors,
     postgres_kwargs,
 )
 from engine.storage.dialect import TYPES, VIEW_TRACKING_TABLE, Dialect
@@ -37,6 +38,7 @@ __all__ = [
     "connect_sqlite_read_only",
     "listen",
     "parse_store_url",
+    "pg_errors",
     "postgres_kwargs",
     "schema_lock",
     "view_lock_key",

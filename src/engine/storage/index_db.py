@@ -15,15 +15,15 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
-
-import psycopg
-from psycopg import sql as pgsql
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.storage.connections import connect_sqlite, postgres_kwargs
 from engine.storage.dialect import Dialect
 from engine.storage.location import StoreLocation
 from engine.storage.locks import CLAIM_LOCK_KEY
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class Db(Protocol):
@@ -106,6 +106,8 @@ class PostgresDb:
         self._committing = False
 
     def names(self) -> dict[str, str]:
+        from psycopg import sql as pgsql  # only PostgreSQL stores pay for the driver's import
+
         def q(name: str) -> str:
             return pgsql.Identifier(self._schema, name).as_string(None)
 
@@ -119,12 +121,16 @@ class PostgresDb:
         }
 
     def _connection(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(**self._kwargs)
         return self._conn
 
     @contextmanager
     def transaction(self, *, exclusive: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        import psycopg
+
         self._committing = False
         conn = self._connection()
         try:

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import psycopg
-
 from engine.errors import StoreUnavailableError
 from engine.logcontext import get_logger
-from engine.storage import SCHEMA_LOCK_KEY, StoreLocation
+from engine.storage import SCHEMA_LOCK_KEY, StoreLocation, pg_errors
 from engine.storage.index_db import Cursor as _Cursor
 from engine.storage.index_db import Db as _Db
 from engine.storage.index_db import PostgresDb, SqliteDb
@@ -128,14 +126,14 @@ class LeaseStore:
                 try:
                     with self._db.transaction(exclusive=exclusive) as cur:
                         return fn(cur)
-                except psycopg.OperationalError as e:
+                except pg_errors("OperationalError") as e:
                     if not self._db.retryable():
                         raise
                     log.info("the runnable index connection was lost (%s); reconnecting",
                              str(e).strip())
                 with self._db.transaction(exclusive=exclusive) as cur:
                     return fn(cur)
-            except (psycopg.Error, sqlite3.Error, OSError) as e:
+            except _index_errors() as e:
                 raise StoreUnavailableError(self.location.display, str(e).strip()) from e
 
     def _sql(self, text: str) -> str:
@@ -435,6 +433,10 @@ class LeaseStore:
             return added
 
         return self._call(do)
+
+
+def _index_errors() -> tuple[type[Exception], ...]:
+    return (*pg_errors(), sqlite3.Error, OSError)
 
 
 def process_alive(pid: int) -> bool:
