@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +40,8 @@ class Db(Protocol):
 
 class Cursor(Protocol):
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
+
+    def executemany(self, query: str, params: Sequence[dict[str, Any]]) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
 
@@ -88,6 +90,9 @@ class SqliteCursor:
 
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any:
         return self._cur.execute(_SQLITE.named(query), params or {})
+
+    def executemany(self, query: str, params: Sequence[dict[str, Any]]) -> Any:
+        return self._cur.executemany(_SQLITE.named(query), params)
 
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()

@@ -78,6 +78,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Enqueue:
+    """A run to add to the index (`LeaseStore.enqueue_many`); with `owner`, leased to it."""
+
+    run_id: UUID
+    workflow: str
+    queue: str
+    owner: str | None = None
+    lease_s: float = 0.0
+    limits: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class QueueRow:
     run_id: UUID
     workflow: str
@@ -154,25 +166,36 @@ class LeaseStore:
         lease_s: float = 0.0, limits: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Add a run to the index; with `owner`, already leased to it (a local drive)."""
+        self.enqueue_many([Enqueue(run_id, workflow, queue, owner, lease_s, tuple(limits))])
+
+    def enqueue_many(self, rows: Sequence[Enqueue]) -> None:
+        """Add runs to the index in one transaction (one commit, one wake-up of idle workers)."""
         now = self.clock()
+        pid = os.getpid()
+        params = [
+            {"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now, "owner": r.owner,
+             "exp": now + r.lease_s if r.owner else None, "host": _HOST if r.owner else None,
+             "pid": pid if r.owner else None}
+            for r in rows
+        ]
+        limits = list(dict.fromkeys(limit for r in rows for limit in r.limits))
 
         def do(cur: _Cursor) -> None:
-            cur.execute(
+            cur.executemany(
                 self._sql(
                     "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
                     "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid) VALUES "
                     "(%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, %(owner)s, %(exp)s, "
                     "%(host)s, %(pid)s) ON CONFLICT (run_id) DO NOTHING"
                 ),
-                {"id": str(run_id), "wf": workflow, "q": queue, "now": now, "owner": owner,
-                 "exp": now + lease_s if owner else None, "host": _HOST if owner else None,
-                 "pid": os.getpid() if owner else None},
+                params,
             )
             self._set_limits(cur, limits)
-            if owner is None:
+            if any(r.owner is None for r in rows):
                 self._notify(cur)
 
-        self._call(do)
+        if rows:
+            self._call(do)
 
     def _notify(self, cur: _Cursor) -> None:
         # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
