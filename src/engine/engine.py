@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from engine import starts
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
+from engine.batching import Batcher
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
@@ -30,7 +31,7 @@ from engine.errors import (
 )
 from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
-from engine.identity import input_digest, load_workflow, run_id_for_key
+from engine.identity import input_digest, load_workflow
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
@@ -41,9 +42,10 @@ from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.store_faults import ErrorBackoff, StoreFaults
 from engine.workers.heartbeat import LeaseKeeper
-from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
+from engine.workers.leases import DONE, PARKED, READY, Enqueue, LeaseStore
 
 log = get_logger("stepstone.engine")
+
 
 class Engine:
     """Starts, drives and reads workflow runs on one event store.
@@ -84,6 +86,10 @@ class Engine:
         self._keeper: LeaseKeeper | None = None
         self.group_commit = GroupCommit(self.store)
         self._error_backoff = ErrorBackoff()
+        # Starts from several threads share index commits, as their log commits are shared.
+        self._enqueues: Batcher[Enqueue] = Batcher(
+            lambda rows: self.leases.enqueue_many(rows)
+        )
         self.observers: list[Observer] = [log_events]
         """Told about every save's events: logs by default; a worker adds its metrics."""
 
@@ -145,6 +151,21 @@ class Engine:
         """
         return self._start(workflow, input, key=key, owner=None)
 
+    def start_many(
+        self,
+        workflow: Workflow[..., Any],
+        inputs: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: Sequence[str | None] | None = None,
+    ) -> list[UUID]:
+        """Record many runs at once, their ids in input order: one commit of the log and one
+        of the runnable index per 500 runs. `keys[i]`, if given, is run i's idempotency key.
+
+        A key already taken makes its chunk start run by run instead, so the runs it names
+        are returned (or `IdempotencyConflictError` raised) exactly as `start` would.
+        """
+        return starts.start_many(self, workflow, inputs, keys)
+
     def _start(
         self,
         workflow: Workflow[..., Any],
@@ -154,22 +175,8 @@ class Engine:
         owner: str | None,
     ) -> UUID:
         self.register(workflow)
-        recorded_input = workflow.normalize_input(input)
-        digest = input_digest(recorded_input)
-        run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
-        run = WorkflowRun.start(
-            run_id,
-            at=utc_now(),
-            worker=self.settings.worker_id,
-            workflow=workflow.name,
-            workflow_version=workflow.version,
-            entrypoint=workflow.entrypoint,
-            code_fingerprint=workflow.fingerprint,
-            input=recorded_input,
-            input_digest=digest,
-            idempotency_key=key,
-            queue=workflow.queue,
-        )
+        run, digest = starts.new_run(workflow, input, key, self.settings.worker_id)
+        run_id = run.id
         events = list(run.pending_events)
         try:
             self.group_commit.save_run(run)  # starts from several threads share commits
@@ -184,12 +191,8 @@ class Engine:
             log.info("idempotency key %r: returning existing run %s", key, run_id)
         # After the log: a crash in between leaves a run without a row, which the worker's
         # sweep restores from the log. (Held by `owner` when this process drives it next.)
-        limits = (
-            [(workflow_scope(workflow.name), workflow.concurrency)] if workflow.concurrency else []
-        )
-        self.leases.enqueue(
-            run_id, workflow.name, workflow.queue, owner=owner,
-            lease_s=self.settings.lease_duration_s, limits=limits,
+        self._enqueues.submit(
+            starts.index_row(workflow, run_id, owner, self.settings.lease_duration_s)
         )
         return run_id
 
