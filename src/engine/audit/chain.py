@@ -36,8 +36,12 @@ def content_digest(topic: str, run_id: UUID | str, version: int, payload: dict[s
 
 def stored_payload(event: BaseModel) -> dict[str, Any]:
     """The JSON object `engine.codec.PydanticMapper` stores for `event`: its fields but the run
-    id and version, plus its `class_version` when above 1."""
-    payload: dict[str, Any] = event.__pydantic_serializer__.to_python(event, exclude=_ID_FIELDS)
+    id and version, plus its `class_version` when above 1. A class that sets
+    `store_without_defaults` (snapshots) leaves out fields at their defaults."""
+    payload: dict[str, Any] = event.__pydantic_serializer__.to_python(
+        event, exclude=_ID_FIELDS,
+        exclude_defaults=getattr(type(event), "store_without_defaults", False),
+    )
     class_version = getattr(type(event), "class_version", 1)
     if class_version > 1:
         payload["class_version"] = class_version
