@@ -3,6 +3,13 @@
 SQLite: one connection per process, `BEGIN IMMEDIATE` for claims. PostgreSQL: one connection,
 reopened after it breaks, and an advisory lock for claims.
 
+Liveness on PostgreSQL: each process's index connection holds a session advisory lock on a
+random key of its own, and the rows it leases record that key (`owner_session`). The lock goes
+when the session does, i.e. when the process dies (the server notices a killed client's
+socket at once), so a claimer can take such a lease without waiting for it to expire. A paused
+or partitioned process keeps its session until the server drops it, so there the lease's
+expiry still bounds the wait, and the log's fencing covers any overlap.
+
 A PostgreSQL connection left idle across a server restart looks healthy until it is used, and
 then fails. `retryable()` tells the caller whether that failure may be repeated on a fresh
 connection: yes, unless it came while committing (the commit may have happened), since a
@@ -12,6 +19,7 @@ transaction that failed before its commit was rolled back by the server.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +36,9 @@ if TYPE_CHECKING:
 
 class Db(Protocol):
     """One connection's worth of SQL, in psycopg's `%(name)s` style on both stores."""
+
+    session: int
+    """This process's liveness key (0: none, on SQLite)."""
 
     def names(self) -> dict[str, str]: ...
 
@@ -52,6 +63,7 @@ class Cursor(Protocol):
 class SqliteDb:
     def __init__(self, location: StoreLocation) -> None:
         self._conn = connect_sqlite(location)
+        self.session = 0  # one machine: owner_host and owner_pid tell a dead holder
 
     def names(self) -> dict[str, str]:
         return {
@@ -60,6 +72,11 @@ class SqliteDb:
             "queue_owner": "stepstone_queue_owner",
             "limits": "stepstone_limits",
             "sweep": "stepstone_queue_sweep",
+            "set_session": "",
+            "session_col": "",
+            "session_val": "",
+            "holder_gone": "0",
+            "session_ddl": "SELECT 1",
         }
 
     @contextmanager
@@ -109,6 +126,7 @@ class PostgresDb:
         self._kwargs = postgres_kwargs(location, f"index:{os.getpid()}")
         self._conn: psycopg.Connection[Any] | None = None
         self._committing = False
+        self.session = 0
 
     def names(self) -> dict[str, str]:
         from psycopg import sql as pgsql  # only PostgreSQL stores pay for the driver's import
@@ -123,13 +141,32 @@ class PostgresDb:
             "limits": q("stepstone_limits"),
             "sweep": q("stepstone_queue_sweep"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
+            "set_session": ", owner_session = %(session)s",
+            "session_col": ", owner_session",
+            "session_val": ", %(session)s",
+            # True when the lease's holder process is gone: nobody holds its session lock.
+            # (A bigint advisory key shows in pg_locks as classid = high, objid = low 32 bits.)
+            "holder_gone": (
+                "(owner_session IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE "
+                "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+                "l.classid::bigint * 4294967296 + l.objid::bigint = owner_session))"
+            ),
+            "session_ddl": f"ALTER TABLE {q('stepstone_queue')} ADD COLUMN IF NOT EXISTS "
+                           "owner_session BIGINT",
         }
 
     def _connection(self) -> psycopg.Connection[Any]:
         import psycopg
 
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(**self._kwargs)
+            conn = psycopg.connect(**self._kwargs)
+            # A fresh key for every session: the old session may linger a while server-side.
+            # Positive and under 2**62, so pg_locks' two unsigned halves add up to it.
+            session = random.getrandbits(62) or 1
+            conn.execute("SELECT pg_advisory_lock(%s)", (session,))
+            conn.commit()
+            self._conn, self.session = conn, session
         return self._conn
 
     @contextmanager

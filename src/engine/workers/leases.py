@@ -154,7 +154,7 @@ class LeaseStore:
     def _create(self, cur: _Cursor) -> None:
         if self.location.kind == "postgres":  # processes starting together: one at a time
             cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
-        for ddl in _DDL:
+        for ddl in (*_DDL, "{session_ddl}"):
             cur.execute(self._sql(ddl))
 
     def close(self) -> None:
@@ -172,23 +172,22 @@ class LeaseStore:
         """Add runs to the index in one transaction (one commit, one wake-up of idle workers)."""
         now = self.clock()
         pid = os.getpid()
-        params = [
-            {"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now, "owner": r.owner,
-             "exp": now + r.lease_s if r.owner else None, "host": _HOST if r.owner else None,
-             "pid": pid if r.owner else None}
-            for r in rows
-        ]
         limits = list(dict.fromkeys(limit for r in rows for limit in r.limits))
 
         def do(cur: _Cursor) -> None:
+            session = self._db.session  # of the connection this transaction runs on
             cur.executemany(
                 self._sql(
                     "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
-                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid) VALUES "
-                    "(%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, %(owner)s, %(exp)s, "
-                    "%(host)s, %(pid)s) ON CONFLICT (run_id) DO NOTHING"
+                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid "
+                    "{session_col}) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, "
+                    "%(owner)s, %(exp)s, %(host)s, %(pid)s {session_val}) "
+                    "ON CONFLICT (run_id) DO NOTHING"
                 ),
-                params,
+                [{"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now,
+                  "owner": r.owner, "exp": now + r.lease_s if r.owner else None,
+                  "host": _HOST if r.owner else None, "pid": pid if r.owner else None,
+                  "session": session if r.owner else None} for r in rows],
             )
             self._set_limits(cur, limits)
             if any(r.owner is None for r in rows):
@@ -262,7 +261,8 @@ class LeaseStore:
                 self._sql(
                     "SELECT run_id, workflow, queue, lease_owner, takeovers FROM {queue} "
                     "WHERE state = 'ready' AND available_at <= %(now)s AND "
-                    "(lease_expires_at IS NULL OR lease_expires_at <= %(now)s)" + where +
+                    "(lease_expires_at IS NULL OR lease_expires_at <= %(now)s OR {holder_gone})"
+                    + where +
                     " ORDER BY available_at, enqueued_at LIMIT %(scan)s"
                 ),
                 params,
@@ -284,10 +284,10 @@ class LeaseStore:
                     self._sql(
                         "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                         "claims = claims + 1, takeovers = %(t)s, owner_host = %(host)s, "
-                        "owner_pid = %(pid)s WHERE run_id = %(id)s"
+                        "owner_pid = %(pid)s {set_session} WHERE run_id = %(id)s"
                     ),
                     {"o": owner, "exp": now + lease_s, "t": c.takeovers, "id": str(c.run_id),
-                     "host": _HOST, "pid": os.getpid()},
+                     "host": _HOST, "pid": os.getpid(), "session": self._db.session},
                 )
             return picked
 
@@ -308,15 +308,15 @@ class LeaseStore:
         def do(cur: _Cursor) -> str | None:
             cur.execute(
                 self._sql(
-                    "SELECT lease_owner, lease_expires_at, owner_host, owner_pid FROM {queue} "
-                    "WHERE run_id = %(id)s"
+                    "SELECT lease_owner, lease_expires_at, owner_host, owner_pid, {holder_gone} "
+                    "FROM {queue} WHERE run_id = %(id)s"
                 ),
                 {"id": str(run_id)},
             )
             rows = _rows(cur)
             if rows:
-                holder, expires, host, pid = rows[0]
-                live = holder is not None and expires is not None and expires > now
+                holder, expires, host, pid, gone = rows[0]
+                live = holder is not None and expires is not None and expires > now and not gone
                 if live and (holder != owner or pid != os.getpid()) \
                         and not (host == _HOST and pid is not None
                                  and not process_alive(int(pid))):
@@ -333,10 +333,10 @@ class LeaseStore:
                 self._sql(
                     "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                     "state = 'ready', claims = claims + 1, note = NULL, owner_host = %(host)s, "
-                    "owner_pid = %(pid)s WHERE run_id = %(id)s"
+                    "owner_pid = %(pid)s {set_session} WHERE run_id = %(id)s"
                 ),
                 {"o": owner, "exp": now + lease_s, "id": str(run_id), "host": _HOST,
-                 "pid": os.getpid()},
+                 "pid": os.getpid(), "session": self._db.session},
             )
             return None
 
@@ -353,10 +353,11 @@ class LeaseStore:
             for run_id in run_ids:
                 cur.execute(
                     self._sql(
-                        "UPDATE {queue} SET lease_expires_at = %(exp)s WHERE run_id = %(id)s "
-                        "AND lease_owner = %(o)s AND state = 'ready'"
+                        "UPDATE {queue} SET lease_expires_at = %(exp)s {set_session} "
+                        "WHERE run_id = %(id)s AND lease_owner = %(o)s AND state = 'ready'"
                     ),
-                    {"exp": now + lease_s, "id": str(run_id), "o": owner},
+                    {"exp": now + lease_s, "id": str(run_id), "o": owner,
+                     "session": self._db.session},
                 )
                 if cur.rowcount == 1:
                     kept.add(run_id)
