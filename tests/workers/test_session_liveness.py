@@ -13,8 +13,10 @@ import sys
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
+from conftest import POSTGRES_URL
 from engine.storage import parse_store_url
 from engine.workers.leases import DEFAULT_QUEUE, LeaseStore
 from support import child_env, wait_until
@@ -34,7 +36,10 @@ time.sleep(3600)
 
 @pytest.fixture
 def held(pg_schema: str) -> Iterator[tuple[LeaseStore, subprocess.Popen[str], uuid.UUID]]:
-    """A claimer's index, a live holder process, and the run the holder leased."""
+    """A claimer's index, a live holder process, and the run the holder leased; and other
+    advisory locks held meanwhile (a negative key, a pair of ints), as other software may."""
+    others = psycopg.connect(POSTGRES_URL, autocommit=True)
+    others.execute("SELECT pg_advisory_lock(-5), pg_advisory_lock(2147483647, -1)")
     claimer = LeaseStore(parse_store_url(pg_schema))
     run_id = uuid.uuid4()
     claimer.enqueue(run_id, "wf", DEFAULT_QUEUE)
@@ -49,6 +54,7 @@ def held(pg_schema: str) -> Iterator[tuple[LeaseStore, subprocess.Popen[str], uu
         holder.kill()
         holder.wait(30)
         claimer.close()
+        others.close()
 
 
 def test_a_dead_holders_lease_is_claimed_without_waiting_for_it_to_expire(held: tuple) -> None:

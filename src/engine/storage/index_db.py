@@ -145,12 +145,14 @@ class PostgresDb:
             "session_col": ", owner_session",
             "session_val": ", %(session)s",
             # True when the lease's holder process is gone: nobody holds its session lock.
-            # (A bigint advisory key shows in pg_locks as classid = high, objid = low 32 bits.)
+            # (A bigint advisory key shows in pg_locks as classid = high, objid = low 32 bits;
+            # the key is split, not the locks rebuilt, which other keys would overflow.)
             "holder_gone": (
                 "(owner_session IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE "
                 "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database()) AND "
-                "l.classid::bigint * 4294967296 + l.objid::bigint = owner_session))"
+                "l.classid = (owner_session >> 32)::oid AND "
+                "l.objid = (owner_session & 4294967295)::oid))"
             ),
             "session_ddl": f"ALTER TABLE {q('stepstone_queue')} ADD COLUMN IF NOT EXISTS "
                            "owner_session BIGINT",
