@@ -1,22 +1,15 @@
-"""Starting runs in batches: `Engine.start_many`, and concurrent starts sharing index commits.
-
-A batch of starts is one commit of the log and one of the runnable index; the runs it records
-are the runs `start` would record, keys and their conflicts included.
+"""Starting runs: one commit each (the first event and the index row together), and
+`Engine.start_many`, one commit for a batch, recording the runs `start` would, keys included.
 """
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from engine import Engine, IdempotencyConflictError, RunStatus, step, workflow
-from engine.batching import Batcher
+from engine import Engine, IdempotencyConflictError, RunStatus, StoreWriteError, step, workflow
 from engine.workers.leases import READY
-from support import wait_until
 
 
 @step
@@ -75,40 +68,33 @@ def test_start_many_refuses_keys_that_do_not_pair_with_inputs(engine: Engine) ->
     assert list(engine.store.started()) == []  # nothing written
 
 
-def test_concurrent_submits_share_a_flush_and_its_outcome() -> None:
-    """While one flush is in flight, later submits queue and go together in the next one."""
-    flushed: list[list[int]] = []
-    inside = threading.Event()
-    release = threading.Event()
+def test_a_start_is_one_commit_with_its_index_row(engine: Engine) -> None:
+    engine.leases  # noqa: B018 - the index exists before the counting starts
+    inserts = _count_inserts(engine)
+    index_transactions = [0]
+    real_call = engine.leases._call
 
-    def flush(values: Sequence[int]) -> None:
-        if not flushed:
-            inside.set()
-            release.wait(30)
-        flushed.append(list(values))
+    def counted_call(fn: Any, **kwargs: Any) -> Any:
+        index_transactions[0] += 1
+        return real_call(fn, **kwargs)
 
-    batcher: Batcher[int] = Batcher(flush)
-    threads = [threading.Thread(target=batcher.submit, args=(0,))]
-    threads[0].start()
-    assert inside.wait(30)
-    threads += [threading.Thread(target=batcher.submit, args=(i,)) for i in range(1, 6)]
-    for t in threads[1:]:
-        t.start()
-    wait_until(lambda: len(batcher._pending) == 5, "five submits queued behind the flush")
-    release.set()
-    for t in threads:
-        t.join(30)
-    assert flushed[0] == [0]
-    assert sorted(flushed[1]) == [1, 2, 3, 4, 5]
-    assert batcher.flushes == 2
+    engine.leases._call = counted_call  # type: ignore[method-assign]
+    run_id = engine.start(doubling, {"x": 3})
+    assert (inserts[0], index_transactions[0]) == (1, 0)
+    row = engine.leases.row(run_id)
+    assert row is not None
+    assert row.state == READY
 
 
-def test_a_failed_flush_fails_every_submit_in_it() -> None:
-    def flush(values: Sequence[uuid.UUID]) -> None:
-        raise OSError("disk full")
+def test_a_start_whose_index_row_fails_records_nothing(engine: Engine) -> None:
+    """The row and the first event are one transaction: neither lands without the other."""
+    real = engine.leases.enqueue_statements
 
-    batcher: Batcher[uuid.UUID] = Batcher(flush)
-    with pytest.raises(OSError, match="disk full"):
-        batcher.submit(uuid.uuid4())
-    with pytest.raises(OSError, match="disk full"):  # and the next caller is not stuck
-        batcher.submit(uuid.uuid4())
+    def broken(rows: Any) -> Any:
+        return [*real(rows), ("INSERT INTO no_such_table (x) VALUES (%(x)s)", [{"x": 1}])]
+
+    engine.leases.enqueue_statements = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreWriteError):
+        engine.start(doubling, {"x": 4})
+    assert list(engine.store.started()) == []
+    assert engine.leases.counts() == {}

@@ -11,7 +11,6 @@ from uuid import UUID
 from engine import starts
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
-from engine.batching import Batcher
 from engine.definitions import Workflow
 from engine.driver import Observer, RunDriver, utc_now
 from engine.errors import (
@@ -42,7 +41,7 @@ from engine.storage import parse_store_url
 from engine.store import RunStore
 from engine.store_faults import ErrorBackoff, StoreFaults
 from engine.workers.heartbeat import LeaseKeeper
-from engine.workers.leases import DONE, PARKED, READY, Enqueue, LeaseStore
+from engine.workers.leases import DONE, PARKED, READY, LeaseStore
 
 log = get_logger("stepstone.engine")
 
@@ -86,10 +85,6 @@ class Engine:
         self._keeper: LeaseKeeper | None = None
         self.group_commit = GroupCommit(self.store)
         self._error_backoff = ErrorBackoff()
-        # Starts from several threads share index commits, as their log commits are shared.
-        self._enqueues: Batcher[Enqueue] = Batcher(
-            lambda rows: self.leases.enqueue_many(rows)
-        )
         self.observers: list[Observer] = [log_events]
         """Told about every save's events: logs by default; a worker adds its metrics."""
 
@@ -158,8 +153,9 @@ class Engine:
         *,
         keys: Sequence[str | None] | None = None,
     ) -> list[UUID]:
-        """Record many runs at once, their ids in input order: one commit of the log and one
-        of the runnable index per 500 runs. `keys[i]`, if given, is run i's idempotency key.
+        """Record many runs at once, their ids in input order: one commit (their first events
+        and their rows in the runnable index) per 500 runs. `keys[i]`, if given, is run i's
+        idempotency key.
 
         A key already taken makes its chunk start run by run instead, so the runs it names
         are returned (or `IdempotencyConflictError` raised) exactly as `start` would.
@@ -178,8 +174,12 @@ class Engine:
         run, digest = starts.new_run(workflow, input, key, self.settings.worker_id)
         run_id = run.id
         events = list(run.pending_events)
+        # The run's row in the runnable index commits with its first event: one commit per
+        # start, shared with other threads' starts and saves. (Held by `owner` when this
+        # process drives it next.)
+        row = [starts.index_row(workflow, run_id, owner, self.settings.lease_duration_s)]
         try:
-            self.group_commit.save_run(run)  # starts from several threads share commits
+            self.group_commit.save_run(run, self.leases.enqueue_statements(row))
             for observer in self.observers:
                 observer(run, events)
         except RunConflictError:
@@ -189,11 +189,9 @@ class Engine:
             if existing.state.input_digest != digest:
                 raise IdempotencyConflictError(key, run_id) from None
             log.info("idempotency key %r: returning existing run %s", key, run_id)
-        # After the log: a crash in between leaves a run without a row, which the worker's
-        # sweep restores from the log. (Held by `owner` when this process drives it next.)
-        self._enqueues.submit(
-            starts.index_row(workflow, run_id, owner, self.settings.lease_duration_s)
-        )
+            # Started before the index existed, or its row was lost: restore it (a no-op
+            # when it is there; a worker's sweep would restore it from the log too).
+            self.leases.enqueue_many(row)
         return run_id
 
     def run(

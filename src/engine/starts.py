@@ -1,9 +1,8 @@
 """Recording new runs: a run's first event and its row in the runnable index, one or many.
 
-A start is two writes, the run's `RunStarted` in the log and then its row in the index (a
-crash in between leaves a run without a row, which a worker's sweep restores from the log).
-`start_many` makes both writes once for many runs, so a batch of N runs costs two commits,
-not 2N.
+A start writes the run's `RunStarted` in the log and its row in the index in one transaction
+(the index lives beside the log, in the same database): one commit. `start_many` does it for
+many runs at once, one commit per chunk.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ def start_many(
     inputs: Iterable[Mapping[str, Any] | None],
     keys: Sequence[str | None] | None,
 ) -> list[UUID]:
-    """`Engine.start_many`: the runs' first events in one commit per chunk, then their rows."""
+    """`Engine.start_many`: the runs' first events and index rows, one commit per chunk."""
     all_inputs = list(inputs)
     if keys is not None and len(keys) != len(all_inputs):
         raise ValueError(
@@ -82,8 +81,9 @@ def start_many(
         pairs = list(zip(chunk, chunk_keys, strict=True))
         runs = [new_run(workflow, i, k, settings.worker_id)[0] for i, k in pairs]
         batch = [(run, list(run.collect_events())) for run in runs]
+        rows = [index_row(workflow, run.id, None, settings.lease_duration_s) for run in runs]
         try:
-            engine.store.save_events(batch)
+            engine.store.save_events(batch, engine.leases.enqueue_statements(rows))
         except RunConflictError:
             # A key was used before: nothing of this chunk was written (one transaction);
             # start it run by run, which returns the existing runs or names the conflict.
@@ -92,8 +92,5 @@ def start_many(
         for run, events in batch:
             for observer in engine.observers:
                 observer(run, events)
-        engine.leases.enqueue_many(
-            [index_row(workflow, run.id, None, settings.lease_duration_s) for run in runs]
-        )
         ids += [run.id for run in runs]
     return ids

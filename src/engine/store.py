@@ -35,7 +35,14 @@ from engine.errors import (
 )
 from engine.events import RunEvent, RunStarted
 from engine.logcontext import get_logger
-from engine.storage import Dialect, LogReader, StoreLocation, pg_errors, schema_lock
+from engine.storage import (
+    Dialect,
+    LogReader,
+    Statement,
+    StoreLocation,
+    pg_errors,
+    schema_lock,
+)
 
 if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
@@ -160,14 +167,20 @@ class RunStore(Application[UUID]):
         self.save_events([(run, run.collect_events()) for run in runs])
 
     def save_events(
-        self, batch: Sequence[tuple[WorkflowRun, Sequence[CanMutateAggregate[UUID]]]]
+        self,
+        batch: Sequence[tuple[WorkflowRun, Sequence[CanMutateAggregate[UUID]]]],
+        also: Sequence[Statement] = (),
     ) -> None:
-        """Commit events already collected from their runs, all in one transaction."""
+        """Commit events already collected from their runs, all in one transaction, with the
+        statements `also` (in `%(name)s` style: a start's row in the runnable index)."""
         events = [event for _, run_events in batch for event in run_events]
         if not events:
             return
         try:
-            self.events.put(events)
+            if also:
+                self.events.put(events, also=also)
+            else:
+                self.events.put(events)
         except IntegrityError:
             raise RunConflictError(events[0].originator_id) from None
         except _store_errors() as e:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,7 +52,7 @@ class Db(Protocol):
 class Cursor(Protocol):
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
 
-    def executemany(self, query: str, params: Sequence[dict[str, Any]]) -> Any: ...
+    def executemany(self, query: str, params: Sequence[Mapping[str, Any]]) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
 
@@ -108,7 +108,7 @@ class SqliteCursor:
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any:
         return self._cur.execute(_SQLITE.named(query), params or {})
 
-    def executemany(self, query: str, params: Sequence[dict[str, Any]]) -> Any:
+    def executemany(self, query: str, params: Sequence[Mapping[str, Any]]) -> Any:
         return self._cur.executemany(_SQLITE.named(query), params)
 
     def fetchall(self) -> list[Any]:

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from engine.errors import StoreUnavailableError
 from engine.logcontext import get_logger
-from engine.storage import SCHEMA_LOCK_KEY, StoreLocation, pg_errors
+from engine.storage import SCHEMA_LOCK_KEY, Statement, StoreLocation, pg_errors
 from engine.storage.index_db import Cursor as _Cursor
 from engine.storage.index_db import Db as _Db
 from engine.storage.index_db import PostgresDb, SqliteDb
@@ -36,6 +36,11 @@ READY, DONE, PARKED = "ready", "done", "parked"
 DEFAULT_QUEUE = "default"
 _T = TypeVar("_T")
 _HOST = socket.gethostname()
+
+_SET_LIMIT = (
+    "INSERT INTO {limits} (scope, max_running) VALUES (%(s)s, %(m)s) "
+    "ON CONFLICT (scope) DO UPDATE SET max_running = excluded.max_running"
+)
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS {queue} (
@@ -170,31 +175,40 @@ class LeaseStore:
 
     def enqueue_many(self, rows: Sequence[Enqueue]) -> None:
         """Add runs to the index in one transaction (one commit, one wake-up of idle workers)."""
-        now = self.clock()
-        pid = os.getpid()
-        limits = list(dict.fromkeys(limit for r in rows for limit in r.limits))
-
         def do(cur: _Cursor) -> None:
-            session = self._db.session  # of the connection this transaction runs on
-            cur.executemany(
-                self._sql(
-                    "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
-                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid "
-                    "{session_col}) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, "
-                    "%(owner)s, %(exp)s, %(host)s, %(pid)s {session_val}) "
-                    "ON CONFLICT (run_id) DO NOTHING"
-                ),
-                [{"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now,
-                  "owner": r.owner, "exp": now + r.lease_s if r.owner else None,
-                  "host": _HOST if r.owner else None, "pid": pid if r.owner else None,
-                  "session": session if r.owner else None} for r in rows],
-            )
-            self._set_limits(cur, limits)
-            if any(r.owner is None for r in rows):
-                self._notify(cur)
+            for sql, params in self.enqueue_statements(rows):
+                if params:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql)
 
         if rows:
             self._call(do)
+
+    def enqueue_statements(self, rows: Sequence[Enqueue]) -> list[Statement]:
+        """The SQL that adds `rows` to the index, for a transaction of the caller's: a start
+        commits it with the run's first event (`RunStore.save_events`), one commit in all."""
+        now, pid, session = self.clock(), os.getpid(), self._db.session
+        statements: list[Statement] = [(
+            self._sql(
+                "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
+                "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid "
+                "{session_col}) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, "
+                "%(owner)s, %(exp)s, %(host)s, %(pid)s {session_val}) "
+                "ON CONFLICT (run_id) DO NOTHING"
+            ),
+            [{"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now,
+              "owner": r.owner, "exp": now + r.lease_s if r.owner else None,
+              "host": _HOST if r.owner else None, "pid": pid if r.owner else None,
+              "session": session if r.owner else None} for r in rows],
+        )]
+        limits = dict.fromkeys(limit for r in rows for limit in r.limits)
+        if limits:
+            statements.append((self._sql(_SET_LIMIT), [{"s": s, "m": m} for s, m in limits]))
+        if self.channel and any(r.owner is None for r in rows):
+            # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
+            statements.append((f"NOTIFY {self.channel}", []))
+        return statements
 
     def _notify(self, cur: _Cursor) -> None:
         # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
@@ -210,13 +224,7 @@ class LeaseStore:
             if max_running is None:
                 cur.execute(self._sql("DELETE FROM {limits} WHERE scope = %(s)s"), {"s": scope})
             else:
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO {limits} (scope, max_running) VALUES (%(s)s, %(m)s) "
-                        "ON CONFLICT (scope) DO UPDATE SET max_running = excluded.max_running"
-                    ),
-                    {"s": scope, "m": max_running},
-                )
+                cur.execute(self._sql(_SET_LIMIT), {"s": scope, "m": max_running})
 
     def limits(self) -> dict[str, int]:
         def do(cur: _Cursor) -> dict[str, int]:
