@@ -178,7 +178,7 @@ class RunStore(Application[UUID]):
             return
         try:
             if also:
-                self.events.put(events, also=also)
+                self.events.put(events, also=_merged(also))
             else:
                 self.events.put(events)
         except IntegrityError:
@@ -326,6 +326,15 @@ def _apply(run_id: UUID, run: WorkflowRun | None, event: RunEvent) -> WorkflowRu
         return cast(WorkflowRun, event.mutate(run))
     except OriginatorVersionError as e:  # the check above makes this unreachable
         raise DamagedLogError(run_id, expected, None, str(e)) from e
+def _merged(statements: Sequence[Statement]) -> list[Statement]:
+    """One statement per SQL text, with every parameter set (a group commit's starts each
+    bring the same index insert and NOTIFY; sent once each, they cost one round trip)."""
+    merged: dict[str, list[Any]] = {}
+    for sql, params in statements:
+        merged.setdefault(sql, []).extend(params)
+    return list(merged.items())
+
+
 def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines) if lines else type(error).__name__
