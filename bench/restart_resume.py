@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager
 from typing import Any
 
 T_IMPORT = time.perf_counter()
@@ -105,10 +108,37 @@ def cell(values: list[float]) -> str:
     return f"{min(values):6.3f} / {statistics.median(values):6.3f}"
 
 
-def measure(label: str, system: str, url: str, schema: str, args: argparse.Namespace) -> None:
-    results = [trial(system, url, schema, args) for _ in range(args.repeat)]
+def measure(label: str, system: str, store: Callable[[], ContextManager[tuple[str, str]]],
+            args: argparse.Namespace) -> None:
+    """`repeat` trials, each on a fresh store (DBOS recovers every pending workflow it finds,
+    and each trial leaves one behind)."""
+    results = []
+    for _ in range(args.repeat):
+        with store() as (url, schema):
+            results.append(trial(system, url, schema, args))
     print(f"{label:<28} {cell([r[0] for r in results])} s   "
           f"(import {cell([r[1] for r in results])} s)")
+
+
+@contextmanager
+def sqlite_store() -> Iterator[tuple[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite:///{tmp}/store.db", ""
+
+
+@contextmanager
+def postgres_schema(url: str, system: str) -> Iterator[tuple[str, str]]:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        # Stepstone takes its schema in the URL; DBOS as a setting of its own.
+        yield (f"{url}?schema={schema}", "") if system == "stepstone" else (url, schema)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,24 +159,13 @@ def main(argv: list[str] | None = None) -> int:
           f"starting the new process to the step running again, best / median of "
           f"{args.repeat}")
     print(f"{'floor: python -c pass':<28} {cell([floor() for _ in range(args.repeat)])} s")
-    with tempfile.TemporaryDirectory() as tmp:
-        measure("stepstone, SQLite", "stepstone", f"sqlite:///{tmp}/s.db", "", args)
-        if with_dbos:
-            measure("dbos, SQLite", "dbos", f"sqlite:///{tmp}/d.db", "", args)
+    systems = ["stepstone", "dbos"] if with_dbos else ["stepstone"]
+    for system in systems:
+        measure(f"{system}, SQLite", system, sqlite_store, args)
     if not args.skip_postgres:
-        import psycopg
-
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            measure("stepstone, PostgreSQL", "stepstone",
-                    f"{args.postgres_url}?schema={schema}", "", args)
-            if with_dbos:
-                measure("dbos, PostgreSQL", "dbos", args.postgres_url, schema, args)
-        finally:
-            with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for system in systems:
+            measure(f"{system}, PostgreSQL", system,
+                    lambda s=system: postgres_schema(args.postgres_url, s), args)
     return 0
 
 

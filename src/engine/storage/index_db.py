@@ -154,8 +154,16 @@ class PostgresDb:
                 "l.classid = (owner_session >> 32)::oid AND "
                 "l.objid = (owner_session & 4294967295)::oid))"
             ),
-            "session_ddl": f"ALTER TABLE {q('stepstone_queue')} ADD COLUMN IF NOT EXISTS "
-                           "owner_session BIGINT",
+            # Guarded: ALTER TABLE locks the table even when the column is there already,
+            # and every process that opens the index runs this.
+            "session_ddl": (
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
+                f"table_schema = {pgsql.Literal(self._schema).as_string(None)} AND "
+                "table_name = 'stepstone_queue' AND "
+                "column_name = 'owner_session') THEN "
+                f"ALTER TABLE {q('stepstone_queue')} ADD COLUMN owner_session BIGINT; "
+                "END IF; END $$"
+            ),
         }
 
     def _connection(self) -> psycopg.Connection[Any]:
