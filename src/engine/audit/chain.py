@@ -51,8 +51,8 @@ def stored_payload(event: BaseModel) -> dict[str, Any]:
 def seal(event: BaseModel) -> dict[str, Any]:
     """The stored payload of an event about to be stored, its `hash` set to its digest.
 
-    The digest and the stored bytes come from this one dump of the event (dumping it twice was
-    a tenth of a step's engine CPU); the caller keeps the payload for the mapper.
+    The digest and the stored bytes come from this one dump of the event rather than one each;
+    the caller keeps the payload for the mapper.
     """
     payload = stored_payload(event)
     payload["hash"] = content_digest(
@@ -62,12 +62,6 @@ def seal(event: BaseModel) -> dict[str, Any]:
         {k: v for k, v in payload.items() if k != "hash"},
     )
     return payload
-
-
-def event_digest(event: BaseModel) -> str:
-    """The hash of an event about to be stored, as `engine.codec.PydanticMapper` stores it."""
-    digest: str = seal(event)["hash"]
-    return digest
 
 
 SEAL = "<seal>"
