@@ -8,8 +8,8 @@ times, best of `--repeat`, on the same store:
 - raw read + JSON: the same rows with every payload parsed by orjson;
 - load last: `RunStore.load(run)` (what a resume does), with snapshots and without;
 - load middle: `RunStore.load(run, version=N/2)` (time travel), with snapshots and without;
-- load worst: the version just before a snapshot, after the widest gap between two (the most
-  events a resume can have to replay after its snapshot);
+- load worst: the version just before a snapshot, after the widest gap between two (the latest
+  such gap: the most events a resume can have to replay, after the largest snapshot);
 - verify: `engine.audit.verify.verify(store, run)`: reading the rows and re-hashing every event
   (`snapshots="none"`), then the same with the run's latest snapshot checked against a fold of
   its events (the default of `stepstone verify`).
@@ -92,7 +92,8 @@ def bench(name: str, url: str, args: argparse.Namespace) -> None:
         # Worst case for a resume: the version just before a snapshot, after the widest gap
         # between snapshots (the store spaces them by a quarter of the run's steps).
         versions = [0, *(s.originator_version for s in snaps)]
-        gap_end = max(pairwise(versions), key=lambda p: p[1] - p[0])[1]
+        # The widest gap, the latest of equals: its snapshot holds the most steps to decode.
+        gap_end = max(pairwise(versions), key=lambda p: (p[1] - p[0], p[1]))[1]
         worst = gap_end - 1
 
         def raw() -> int:

@@ -236,3 +236,22 @@ def test_worker_metrics_match_the_event_log(store_url: str, tmp_path: Path) -> N
     assert scraped["stepstone_step_duration_seconds_count"] == (events["StepCompleted"]
                                                                 + events["StepFailed"])
     assert scraped["stepstone_runs_in_flight"] == 0
+
+
+def test_a_sqlite_run_loads_neither_the_postgres_driver_nor_opentelemetry(
+    tmp_path: Path,
+) -> None:
+    """Both installed, neither needed: a run on SQLite never pays for importing them."""
+    code = (
+        "import sys\n"
+        "import cliwf\n"
+        "from engine import Engine\n"
+        f"e = Engine.from_url('sqlite:///{tmp_path / 'x.db'}')\n"
+        "r = e.run(cliwf.summing, {'a': 1})\n"
+        "assert r.status.value == 'completed', r\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules\n"
+        "              if m.split('.')[0] in ('psycopg', 'psycopg_pool', 'opentelemetry')}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=child_env(), timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

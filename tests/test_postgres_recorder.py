@@ -239,3 +239,12 @@ def test_the_librarys_own_function_does_not_keep_that_order(pg_schema: str) -> N
             second.join(timeout=30)
     finally:
         app.close()
+
+
+def test_the_store_names_the_ordered_recorder_by_its_real_topic() -> None:
+    """The topic is written out (so SQLite never imports psycopg); it must stay the class's."""
+    from eventsourcing.utils import get_topic
+
+    from engine.storage.location import ORDERED_RECORDER_TOPIC
+
+    assert get_topic(OrderedPostgresRecorder) == ORDERED_RECORDER_TOPIC

@@ -18,6 +18,7 @@ from typing import Any
 from api.readonly_store import ReadOnlyStore
 from engine.liveness import THIS_HOST, Lease, observe
 from engine.status import RunStatus
+from engine.storage.index_db import PG_HOLDER_GONE
 from engine.workers.leases import process_alive
 
 _RUNNING = RunStatus.RUNNING.value
@@ -28,8 +29,28 @@ class LeaseReads:
         self.store = store
         self.runs = runs_table
         self.queue = store.qualify("stepstone_queue")
-        self.mark = "?"
         self._text_id = "" if store.is_sqlite else "::text"
+        self._columns: set[str] | None = None
+
+    def _has(self, column: str) -> bool:
+        """Whether the index has `column` (an index made by an older release may not, until
+        a process of this one opens it for writing; the API never alters a table)."""
+        if self._columns is None:
+            if self.store.is_sqlite:
+                rows = self.store.fetch("SELECT name FROM pragma_table_info('stepstone_queue')")
+            else:
+                rows = self.store.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE "
+                    "table_name = 'stepstone_queue' AND table_schema = ?",
+                    [self.store.dialect.schema])
+            self._columns = {str(r[0]) for r in rows}
+        return column in self._columns
+
+    def _gone(self, prefix: str = "") -> str:
+        """SQL true when a row's holder's session has ended (PostgreSQL session liveness)."""
+        if self.store.is_sqlite or not self._has("owner_session"):
+            return "(1 = 0)"
+        return PG_HOLDER_GONE.replace("owner_session", f"{prefix}owner_session")
 
     def _dead_local_pids(self, now: float) -> list[int]:
         rows = self.store.fetch(
@@ -52,7 +73,7 @@ class LeaseReads:
         return (
             f"EXISTS (SELECT 1 FROM {self.queue} q WHERE q.run_id = "
             f"{self.runs}.run_id{self._text_id} AND q.lease_owner IS NOT NULL "
-            f"AND q.lease_expires_at > ?{local})",
+            f"AND q.lease_expires_at > ?{local} AND NOT {self._gone('q.')})",
             params,
         )
 
@@ -73,12 +94,13 @@ class LeaseReads:
         if not running:
             return
         ids = [str(r["run_id"]) for r in running]
+        heartbeat = "heartbeat_at" if self._has("heartbeat_at") else "NULL"
         rows = self.store.fetch(
-            f"SELECT run_id, lease_owner, lease_expires_at, owner_host, owner_pid, heartbeat_at "
-            f"FROM {self.queue} WHERE run_id IN ({', '.join('?' * len(ids))})",
+            f"SELECT run_id, lease_owner, lease_expires_at, owner_host, owner_pid, {heartbeat}, "
+            f"{self._gone()} FROM {self.queue} WHERE run_id IN ({', '.join('?' * len(ids))})",
             ids,
         )
-        leases = {str(r[0]): Lease(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        leases = {str(r[0]): Lease(r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows}
         now = time.time()
         for run in running:
             seen = observe(RunStatus.RUNNING, _when(run.get("updated_at")),

@@ -15,9 +15,9 @@ from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ValidationError
 
+from engine.audit.chain import stored_payload
 from engine.errors import DamagedLogError, UnknownEventError
-
-_ID_FIELDS = {"originator_id", "originator_version"}
+from engine.events import STORED_PAYLOAD
 
 
 class OrjsonTranscoder(Transcoder):
@@ -33,10 +33,10 @@ class OrjsonTranscoder(Transcoder):
 class PydanticMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         model = cast(BaseModel, domain_event)
-        state = model.model_dump(exclude=_ID_FIELDS)
-        class_version = getattr(type(model), "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
+        # An event the engine just recorded carries the payload its hash was computed from.
+        state = model.__dict__.get(STORED_PAYLOAD)
+        if state is None:
+            state = stored_payload(model)
         data = self.transcoder.encode(state)
         if self.compressor:
             data = self.compressor.compress(data)

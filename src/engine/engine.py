@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from engine import starts
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
 from engine.control import CancelOutcome
@@ -30,7 +30,7 @@ from engine.errors import (
 )
 from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
-from engine.identity import input_digest, load_workflow, run_id_for_key
+from engine.identity import load_workflow
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
@@ -44,9 +44,10 @@ from engine.store import RunStore
 from engine.store_faults import ErrorBackoff, StoreFaults
 from engine.workers.cancels import cancel_request, clear_cancel
 from engine.workers.heartbeat import LeaseKeeper
-from engine.workers.leases import DONE, PARKED, READY, LeaseStore, workflow_scope
+from engine.workers.leases import DONE, PARKED, READY, LeaseStore
 
 log = get_logger("stepstone.engine")
+
 
 class Engine(RunReads):
     """Starts, drives and reads workflow runs on one event store.
@@ -155,6 +156,22 @@ class Engine(RunReads):
         """
         return self._start(workflow, input, key=key, owner=None, deadline=deadline)
 
+    def start_many(
+        self,
+        workflow: Workflow[..., Any],
+        inputs: Iterable[Mapping[str, Any] | None],
+        *,
+        keys: Sequence[str | None] | None = None,
+    ) -> list[UUID]:
+        """Record many runs at once, their ids in input order: one commit (their first events
+        and their rows in the runnable index) per 500 runs. `keys[i]`, if given, is run i's
+        idempotency key.
+
+        A key already taken makes its chunk start run by run instead, so the runs it names
+        are returned (or `IdempotencyConflictError` raised) exactly as `start` would.
+        """
+        return starts.start_many(self, workflow, inputs, keys)
+
     def _start(
         self,
         workflow: Workflow[..., Any],
@@ -165,27 +182,16 @@ class Engine(RunReads):
         deadline: datetime | timedelta | None = None,
     ) -> UUID:
         self.register(workflow)
-        now = utc_now()
-        recorded_input = workflow.normalize_input(input)
-        digest = input_digest(recorded_input)
-        run_id = run_id_for_key(workflow.name, key) if key is not None else uuid.uuid4()
-        run = WorkflowRun.start(
-            run_id,
-            at=now,
-            worker=self.settings.worker_id,
-            workflow=workflow.name,
-            workflow_version=workflow.version,
-            entrypoint=workflow.entrypoint,
-            code_fingerprint=workflow.fingerprint,
-            input=recorded_input,
-            input_digest=digest,
-            idempotency_key=key,
-            queue=workflow.queue,
-            deadline=deadline_of(deadline, workflow.timeout_s, now),
-        )
+        run, digest = starts.new_run(workflow, input, key, self.settings.worker_id,
+                                     deadline=deadline)
+        run_id = run.id
         events = list(run.pending_events)
+        # The run's row in the runnable index commits with its first event: one commit per
+        # start, shared with other threads' starts and saves. (Held by `owner` when this
+        # process drives it next.)
+        row = [starts.index_row(workflow, run_id, owner, self.settings.lease_duration_s)]
         try:
-            self.group_commit.save_run(run)  # starts from several threads share commits
+            self.group_commit.save_run(run, self.leases.enqueue_statements(row))
             for observer in self.observers:
                 observer(run, events)
         except RunConflictError:
@@ -195,15 +201,9 @@ class Engine(RunReads):
             if existing.state.input_digest != digest:
                 raise IdempotencyConflictError(key, run_id) from None
             log.info("idempotency key %r: returning existing run %s", key, run_id)
-        # After the log: a crash in between leaves a run without a row, which the worker's
-        # sweep restores from the log. (Held by `owner` when this process drives it next.)
-        limits = (
-            [(workflow_scope(workflow.name), workflow.concurrency)] if workflow.concurrency else []
-        )
-        self.leases.enqueue(
-            run_id, workflow.name, workflow.queue, owner=owner,
-            lease_s=self.settings.lease_duration_s, limits=limits,
-        )
+            # Started before the index existed, or its row was lost: restore it (a no-op
+            # when it is there; a worker's sweep would restore it from the log too).
+            self.leases.enqueue_many(row)
         return run_id
 
     def run(
@@ -428,17 +428,3 @@ class Engine(RunReads):
         self._workflows[name] = wf
         return wf
 
-
-def deadline_of(deadline: datetime | timedelta | None, timeout_s: float | None,
-                now: datetime) -> datetime | None:
-    """A run's deadline: the one given (an instant, or a duration from now), else its
-    workflow's timeout from now, else none."""
-    if isinstance(deadline, timedelta):
-        if deadline.total_seconds() <= 0:
-            raise ValueError(f"a run's timeout must be positive, not {deadline}")
-        return now + deadline
-    if deadline is not None:
-        if deadline.tzinfo is None:
-            raise ValueError("a run's deadline must carry a time zone (datetime.now(UTC)...)")
-        return deadline
-    return now + timedelta(seconds=timeout_s) if timeout_s is not None else None

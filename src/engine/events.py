@@ -8,16 +8,17 @@ which the mapper in `codec.py` applies to older stored payloads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 from uuid import UUID
 
 import orjson
 from eventsourcing.domain import CanInitAggregate, CanMutateAggregate
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.audit.chain import SEAL, event_digest
+from engine.audit.chain import SEAL, seal
 
 if TYPE_CHECKING:
     from engine.aggregate import WorkflowRun
@@ -42,6 +43,10 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+STORED_PAYLOAD = "_stored_payload"
+"""Where a freshly sealed event keeps its stored payload (`engine.audit.chain.seal`)."""
+
+
 class RunEvent(BaseModel, CanMutateAggregate[UUID]):
     """Fields every run event carries; `originator_id` is the run id."""
 
@@ -61,7 +66,17 @@ class RunEvent(BaseModel, CanMutateAggregate[UUID]):
         # Tamper evidence: an event triggered with `hash=SEAL` (WorkflowRun.record) gets its
         # own digest, computed once the event is whole. Decoded events keep their stored hash.
         if self.hash == SEAL:
-            self.__dict__["hash"] = event_digest(self)
+            payload = seal(self)
+            self.__dict__["hash"] = payload["hash"]
+            # Kept for the mapper, which stores exactly these bytes' source (one dump per
+            # event). Not a field: dumps, equality and hashing of the model ignore it.
+            self.__dict__[STORED_PAYLOAD] = payload
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # A copy may differ from this event: it must not inherit the payload sealed for it.
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop(STORED_PAYLOAD, None)
+        return copy
 
     def apply(self, aggregate: WorkflowRun) -> None:
         aggregate.when(self)

@@ -23,6 +23,7 @@ from eventsourcing.domain import CanMutateAggregate
 
 from engine.aggregate import WorkflowRun
 from engine.errors import RunConflictError
+from engine.storage import Statement
 from engine.store import RunStore
 
 
@@ -30,6 +31,7 @@ from engine.store import RunStore
 class _Save:
     run: WorkflowRun
     events: Sequence[CanMutateAggregate[UUID]]
+    also: Sequence[Statement] = ()
     done: bool = False
     error: BaseException | None = None
     batch_size: int = field(default=0)
@@ -44,12 +46,13 @@ class GroupCommit:
         self.commits = 0
         self.saves = 0
 
-    def save_run(self, run: WorkflowRun) -> None:
-        """Commit `run`'s pending events, possibly together with other runs' saves."""
+    def save_run(self, run: WorkflowRun, also: Sequence[Statement] = ()) -> None:
+        """Commit `run`'s pending events, possibly together with other runs' saves (and the
+        statements `also` with them: see `RunStore.save_events`)."""
         events = run.collect_events()
         if not events:
             return
-        mine = _Save(run, events)
+        mine = _Save(run, events, also)
         with self._cond:
             self._pending.append(mine)
             while self._leading and not mine.done:
@@ -77,14 +80,15 @@ class GroupCommit:
         self.commits += 1
         self.saves += len(batch)
         try:
-            self.store.save_events([(s.run, s.events) for s in batch])
+            self.store.save_events([(s.run, s.events) for s in batch],
+                                   [statement for s in batch for statement in s.also])
         except RunConflictError:
             if len(batch) == 1:
                 batch[0].error = RunConflictError(batch[0].run.id)
             else:  # find who lost the race; everyone else's events still go in
                 for s in batch:
                     try:
-                        self.store.save_events([(s.run, s.events)])
+                        self.store.save_events([(s.run, s.events)], s.also)
                     except BaseException as e:
                         s.error = e
         except BaseException as e:  # the store failed: every save of the batch failed with it

@@ -3,7 +3,8 @@
 The log can only say what was last recorded; a process killed mid-step leaves its run
 `running` there for good. The runnable index knows better: a run is running only while a
 live process holds its lease (renewed by heartbeats), and a lease held by a process of this
-machine that no longer exists is dead at once, whatever its expiry says. Readers (the CLI,
+machine that no longer exists is dead at once, whatever its expiry says; so is, on
+PostgreSQL, one whose holder's database session has ended. Readers (the CLI,
 the API, the dashboard) combine the two here and show `interrupted` otherwise, with the time
 the run was last seen alive. Nothing is written: the next resume or takeover records the run
 running again.
@@ -29,6 +30,9 @@ class Lease:
     host: str | None
     pid: int | None
     heartbeat_at: float | None
+    gone: bool = False
+    """PostgreSQL: the holder's database session has ended (its process died), whatever the
+    lease's expiry says (`engine.storage.index_db.PG_HOLDER_GONE`)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def holder_alive(lease: Lease | None, now: float) -> bool:
     """Whether a live process holds this lease now (on the store's wall clock)."""
     if lease is None or lease.owner is None or lease.expires_at is None:
         return False
-    if lease.expires_at <= now:
+    if lease.expires_at <= now or lease.gone:
         return False
     if lease.host == THIS_HOST and lease.pid is not None:
         from engine.workers.leases import process_alive  # the index's module: psycopg

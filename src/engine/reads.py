@@ -148,4 +148,4 @@ class RunReads:
 
 def _lease(row: QueueRow) -> Lease:
     return Lease(row.lease_owner, row.lease_expires_at, row.owner_host, row.owner_pid,
-                 row.heartbeat_at)
+                 row.heartbeat_at, row.holder_gone)

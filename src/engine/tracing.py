@@ -3,26 +3,16 @@
 A span per drive of a run (a run resumed by three workers has three, each with the run id and
 resume reason) and a child span per step attempt, with checkpoints and preemptions as span
 events. Spans are current while step code runs, so `opentelemetry.trace.get_current_span()`
-inside a step gives its attempt's span and outgoing calls can carry the trace context. Without
-the package the tracer is a no-op and `opentelemetry` is never imported.
+inside a step gives its attempt's span and outgoing calls can carry the trace context. Until
+something imports `opentelemetry.trace` (configuring a provider does) the tracer is a no-op.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
-
-
-def _otel_installed() -> bool:
-    try:
-        return importlib.util.find_spec("opentelemetry.trace") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-_AVAILABLE = _otel_installed()
 
 
 class _NoSpan:
@@ -37,23 +27,27 @@ class Tracer:
     """The engine's view of tracing: run spans, step spans, span events."""
 
     def __init__(self) -> None:
+        self._trace: Any = None
         self._tracer: Any = None
         self._unset: tuple[type, ...] = ()
-        if _AVAILABLE:
-            from opentelemetry import trace
 
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are made now: OpenTelemetry is loaded and a provider is configured.
+
+        Configuring a provider imports `opentelemetry.trace`; until something has, no span can
+        be recorded, so the engine never imports it itself (it cost every start-up ~10 ms).
+        """
+        if self._trace is None:
+            trace = sys.modules.get("opentelemetry.trace")
+            if trace is None:
+                return False
             self._trace = trace
             self._tracer = trace.get_tracer("stepstone")
             # The API installed without a provider configured: spans would record nothing
             # and still cost ~10 us each, so the engine makes none.
             self._unset = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether spans are made now: the package is there and a provider is configured."""
-        return self._tracer is not None and not isinstance(
-            self._trace.get_tracer_provider(), self._unset
-        )
+        return not isinstance(self._trace.get_tracer_provider(), self._unset)
 
     def run_span(self, attributes: dict[str, Any], name: str) -> AbstractContextManager[Any]:
         if not self.enabled:

@@ -121,7 +121,7 @@ def _engine(database_url: str | None, imports: tuple[str, ...], lease_s: float |
     try:
         for module in imports:
             importlib.import_module(module)
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)
         return Engine(settings.for_worker(), token=token)
     except ImportError as e:
         fail(f"--import: {e}")

@@ -69,20 +69,25 @@ def test_claims_race_gives_each_run_to_exactly_one_worker(store_url: str) -> Non
         barrier = threading.Barrier(8)
         got: dict[str, list[UUID]] = {}
 
+        stores: list[LeaseStore] = []
+
         def claimer(name: str) -> None:
             leases = LeaseStore(engine.location)
+            stores.append(leases)
             mine: list[UUID] = []
             barrier.wait()
             for _ in range(20):
                 mine += [c.run_id for c in leases.claim(name, None, 3, 30)]
             got[name] = mine
-            leases.close()
 
         threads = [threading.Thread(target=claimer, args=(f"c{i}",)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        # Closed only now: on PostgreSQL a closed index session gives its leases up at once.
+        for leases in stores:
+            leases.close()
     claimed = [r for runs in got.values() for r in runs]
     assert sorted(claimed) == sorted(ids)  # every run once, none twice
 

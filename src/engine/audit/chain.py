@@ -21,7 +21,7 @@ import orjson
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
-_NOT_HASHED = {"originator_id", "originator_version", "hash"}
+_ID_FIELDS = {"originator_id", "originator_version"}
 
 
 def content_digest(topic: str, run_id: UUID | str, version: int, payload: dict[str, Any]) -> str:
@@ -34,18 +34,34 @@ def content_digest(topic: str, run_id: UUID | str, version: int, payload: dict[s
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def event_digest(event: BaseModel) -> str:
-    """The hash of an event about to be stored, as `engine.codec.PydanticMapper` stores it."""
-    payload = event.model_dump(exclude=_NOT_HASHED)
+def stored_payload(event: BaseModel) -> dict[str, Any]:
+    """The JSON object `engine.codec.PydanticMapper` stores for `event`: its fields but the run
+    id and version, plus its `class_version` when above 1. A class that sets
+    `store_without_defaults` (snapshots) leaves out fields at their defaults."""
+    payload: dict[str, Any] = event.__pydantic_serializer__.to_python(
+        event, exclude=_ID_FIELDS,
+        exclude_defaults=getattr(type(event), "store_without_defaults", False),
+    )
     class_version = getattr(type(event), "class_version", 1)
     if class_version > 1:
         payload["class_version"] = class_version
-    return content_digest(
+    return payload
+
+
+def seal(event: BaseModel) -> dict[str, Any]:
+    """The stored payload of an event about to be stored, its `hash` set to its digest.
+
+    The digest and the stored bytes come from this one dump of the event rather than one each;
+    the caller keeps the payload for the mapper.
+    """
+    payload = stored_payload(event)
+    payload["hash"] = content_digest(
         get_topic(type(event)),
         event.originator_id,  # type: ignore[attr-defined]
         event.originator_version,  # type: ignore[attr-defined]
-        payload,
+        {k: v for k, v in payload.items() if k != "hash"},
     )
+    return payload
 
 
 SEAL = "<seal>"

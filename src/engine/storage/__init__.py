@@ -11,9 +11,10 @@ from engine.storage.connections import (
     connect_sqlite,
     connect_sqlite_read_only,
     listen,
+    pg_errors,
     postgres_kwargs,
 )
-from engine.storage.dialect import TYPES, VIEW_TRACKING_TABLE, Dialect
+from engine.storage.dialect import TYPES, VIEW_TRACKING_TABLE, Dialect, Statement
 from engine.storage.location import StoreLocation, parse_store_url
 from engine.storage.locks import CLAIM_LOCK_KEY, SCHEMA_LOCK_KEY, schema_lock, view_lock_key
 from engine.storage.log_reader import PAGE, Fetch, LogReader, StoredRow
@@ -30,6 +31,7 @@ __all__ = [
     "Dialect",
     "Fetch",
     "LogReader",
+    "Statement",
     "StoreLocation",
     "StoredRow",
     "connect_postgres",
@@ -37,6 +39,7 @@ __all__ = [
     "connect_sqlite_read_only",
     "listen",
     "parse_store_url",
+    "pg_errors",
     "postgres_kwargs",
     "schema_lock",
     "view_lock_key",

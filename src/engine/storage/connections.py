@@ -9,12 +9,14 @@ so connection arguments and pragmas are written once.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import psycopg
-
 from engine.storage.location import StoreLocation
+
+if TYPE_CHECKING:
+    import psycopg
 
 SQLITE_DURABLE = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL")
 """Writers whose commits must survive a power cut: the log, the runnable index."""
@@ -78,8 +80,20 @@ def postgres_kwargs(location: StoreLocation, purpose: str, *, read_only: bool = 
     return kwargs
 
 
+def pg_errors(name: str = "Error") -> tuple[type[Exception], ...]:
+    """psycopg's error class `name`, for an `except`, if psycopg is loaded; else nothing.
+
+    psycopg is imported only by code that talks to PostgreSQL (it costs a resume on SQLite a
+    fifth of its start-up), and an error of it cannot be raised before it is imported.
+    """
+    module = sys.modules.get("psycopg")
+    return (getattr(module, name),) if module is not None else ()
+
+
 def connect_postgres(location: StoreLocation, purpose: str, *,
                      autocommit: bool = False) -> psycopg.Connection[Any]:
+    import psycopg  # only PostgreSQL stores pay for the driver's import
+
     return psycopg.connect(**postgres_kwargs(location, purpose), autocommit=autocommit)
 
 

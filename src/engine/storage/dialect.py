@@ -10,7 +10,9 @@ recorders, on both stores.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from engine.storage.location import StoreLocation
@@ -32,6 +34,11 @@ VIEW_TRACKING_TABLE = "stepstone_view_tracking"
 """The views' tracking table on PostgreSQL (the library's default name on SQLite)."""
 
 _NAMED = re.compile(r"%\((\w+)\)s")
+
+
+Statement = tuple[str, Sequence[Mapping[str, Any]]]
+"""SQL in `%(name)s` style run once per parameter set (once without any when the list is
+empty), inside the transaction that saves events: what a start adds beside its first event."""
 
 
 @dataclass(frozen=True)

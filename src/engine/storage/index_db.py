@@ -3,6 +3,13 @@
 SQLite: one connection per process, `BEGIN IMMEDIATE` for claims. PostgreSQL: one connection,
 reopened after it breaks, and an advisory lock for claims.
 
+Liveness on PostgreSQL: each process's index connection holds a session advisory lock on a
+random key of its own, and the rows it leases record that key (`owner_session`). The lock goes
+when the session does, i.e. when the process dies (the server notices a killed client's
+socket at once), so a claimer can take such a lease without waiting for it to expire. A paused
+or partitioned process keeps its session until the server drops it, so there the lease's
+expiry still bounds the wait, and the log's fencing covers any overlap.
+
 A PostgreSQL connection left idle across a server restart looks healthy until it is used, and
 then fails. `retryable()` tells the caller whether that failure may be repeated on a fresh
 connection: yes, unless it came while committing (the commit may have happened), since a
@@ -12,22 +19,39 @@ transaction that failed before its commit was rolled back by the server.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
-
-import psycopg
-from psycopg import sql as pgsql
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.storage.connections import connect_sqlite, postgres_kwargs
 from engine.storage.dialect import Dialect
 from engine.storage.location import StoreLocation
 from engine.storage.locks import CLAIM_LOCK_KEY
 
+if TYPE_CHECKING:
+    import psycopg
+
+
+PG_HOLDER_GONE = (
+    "(owner_session IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE "
+    "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+    "l.classid = (owner_session >> 32)::oid AND "
+    "l.objid = (owner_session & 4294967295)::oid))"
+)
+"""SQL true for a queue row whose lease holder's process is gone (PostgreSQL): nobody holds
+its session's advisory lock. A bigint advisory key shows in pg_locks as classid = its high and
+objid = its low 32 bits; the key is split, not the locks rebuilt, which other keys would
+overflow. Readers use it too (`engine.liveness`, the API), as it writes nothing."""
+
 
 class Db(Protocol):
     """One connection's worth of SQL, in psycopg's `%(name)s` style on both stores."""
+
+    session: int
+    """This process's liveness key (0: none, on SQLite)."""
 
     def names(self) -> dict[str, str]: ...
 
@@ -41,6 +65,8 @@ class Db(Protocol):
 class Cursor(Protocol):
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any: ...
 
+    def executemany(self, query: str, params: Sequence[Mapping[str, Any]]) -> Any: ...
+
     def fetchall(self) -> list[Any]: ...
 
     @property
@@ -50,6 +76,7 @@ class Cursor(Protocol):
 class SqliteDb:
     def __init__(self, location: StoreLocation) -> None:
         self._conn = connect_sqlite(location)
+        self.session = 0  # one machine: owner_host and owner_pid tell a dead holder
 
     def names(self) -> dict[str, str]:
         return {
@@ -59,6 +86,11 @@ class SqliteDb:
             "limits": "stepstone_limits",
             "sweep": "stepstone_queue_sweep",
             "cancels": "stepstone_cancel_requests",
+            "set_session": "",
+            "session_col": "",
+            "session_val": "",
+            "holder_gone": "0",
+            "session_ddl": "SELECT 1",
         }
 
     @contextmanager
@@ -90,6 +122,9 @@ class SqliteCursor:
     def execute(self, query: str, params: dict[str, Any] | None = None) -> Any:
         return self._cur.execute(_SQLITE.named(query), params or {})
 
+    def executemany(self, query: str, params: Sequence[Mapping[str, Any]]) -> Any:
+        return self._cur.executemany(_SQLITE.named(query), params)
+
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()
 
@@ -105,8 +140,11 @@ class PostgresDb:
         self._kwargs = postgres_kwargs(location, f"index:{os.getpid()}")
         self._conn: psycopg.Connection[Any] | None = None
         self._committing = False
+        self.session = 0
 
     def names(self) -> dict[str, str]:
+        from psycopg import sql as pgsql  # only PostgreSQL stores pay for the driver's import
+
         def q(name: str) -> str:
             return pgsql.Identifier(self._schema, name).as_string(None)
 
@@ -118,15 +156,42 @@ class PostgresDb:
             "sweep": q("stepstone_queue_sweep"),
             "cancels": q("stepstone_cancel_requests"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
+            "set_session": ", owner_session = %(session)s",
+            "session_col": ", owner_session",
+            "session_val": ", %(session)s",
+            # True when the lease's holder process is gone: nobody holds its session lock.
+            # (A bigint advisory key shows in pg_locks as classid = high, objid = low 32 bits;
+            # the key is split, not the locks rebuilt, which other keys would overflow.)
+            "holder_gone": PG_HOLDER_GONE,
+            # Guarded: ALTER TABLE locks the table even when the column is there already,
+            # and every process that opens the index runs this.
+            "session_ddl": (
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
+                f"table_schema = {pgsql.Literal(self._schema).as_string(None)} AND "
+                "table_name = 'stepstone_queue' AND "
+                "column_name = 'owner_session') THEN "
+                f"ALTER TABLE {q('stepstone_queue')} ADD COLUMN owner_session BIGINT; "
+                "END IF; END $$"
+            ),
         }
 
     def _connection(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(**self._kwargs)
+            conn = psycopg.connect(**self._kwargs)
+            # A fresh key for every session: the old session may linger a while server-side.
+            # Positive and under 2**62, so pg_locks' two unsigned halves add up to it.
+            session = random.getrandbits(62) or 1
+            conn.execute("SELECT pg_advisory_lock(%s)", (session,))
+            conn.commit()
+            self._conn, self.session = conn, session
         return self._conn
 
     @contextmanager
     def transaction(self, *, exclusive: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        import psycopg
+
         self._committing = False
         conn = self._connection()
         try:

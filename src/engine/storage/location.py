@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from eventsourcing.utils import get_topic
-
 from engine.errors import ConfigurationError
-from engine.storage.postgres_recorder import OrderedPostgresRecorder
+
+ORDERED_RECORDER_TOPIC = "engine.storage.postgres_recorder:OrderedPostgresRecorder"
+"""The PostgreSQL recorder, by topic: the library imports it (and psycopg) only for a
+PostgreSQL store, so a SQLite store never loads the driver."""
 
 _SQLITE = "sqlite"
 _POSTGRES = ("postgresql", "postgres")
@@ -111,7 +112,7 @@ def _postgres(url: str, connect_timeout_s: float, pool_size: int) -> StoreLocati
         # on a dead connection (the library's @retry on Interface/OperationalError).
         "POSTGRES_PRE_PING": "n",
         # One round trip per save that still commits in notification-id order.
-        "APPLICATION_RECORDER_TOPIC": get_topic(OrderedPostgresRecorder),
+        "APPLICATION_RECORDER_TOPIC": ORDERED_RECORDER_TOPIC,
         "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
     }
     if "schema" in query:

@@ -10,8 +10,6 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psycopg
-
 from engine.storage.location import StoreLocation
 
 CLAIM_LOCK_KEY = 0x5E5E_0001
@@ -37,6 +35,8 @@ def schema_lock(location: StoreLocation) -> Iterator[None]:
     processes starting together (a pool of workers), which PostgreSQL otherwise fails with
     "tuple concurrently updated" or a duplicate catalog key.
     """
+    import psycopg  # only PostgreSQL stores pay for the driver's import
+
     with psycopg.connect(**location.connect_kwargs("schema"), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:

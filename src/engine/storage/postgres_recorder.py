@@ -30,6 +30,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
+from engine.storage.dialect import Statement
+
 
 class OrderedPostgresRecorder(PostgresApplicationRecorder):
     """Saves with one call of a stored function that locks the table before taking ids.
@@ -93,6 +95,19 @@ class OrderedPostgresRecorder(PostgresApplicationRecorder):
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
+        also: Sequence[Statement] = kwargs.get("also", ())
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
-            curs.execute(self.sql_invoke_pg_function_insert_events, params, prepare=True)
-            return [row[self.pg_function_name_insert_events] for row in curs.fetchall()]
+            if not also:
+                curs.execute(self.sql_invoke_pg_function_insert_events, params, prepare=True)
+                return [row[self.pg_function_name_insert_events] for row in curs.fetchall()]
+            # Statements to commit with the events (a start's row in the runnable index): the
+            # same call and them in one transaction, so a start is one commit.
+            with conn.transaction():
+                curs.execute(self.sql_invoke_pg_function_insert_events, params, prepare=True)
+                ids = [row[self.pg_function_name_insert_events] for row in curs.fetchall()]
+                for sql, rows in also:
+                    if rows:
+                        curs.executemany(sql, rows)
+                    else:
+                        curs.execute(sql)
+            return ids

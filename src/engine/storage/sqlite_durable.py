@@ -9,10 +9,17 @@ states FULL explicitly.
 from __future__ import annotations
 
 # Imported as a module: the library takes the one factory class found in this module.
+from collections.abc import Sequence
+from typing import Any
+
 from eventsourcing import sqlite as library
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import Environment, EnvType
 
 from engine.storage.connections import SQLITE_DURABLE
+from engine.storage.dialect import Dialect, Statement
+
+_SQLITE = Dialect(is_sqlite=True, schema="")
 
 
 class DurableSQLiteConnectionPool(library.SQLiteConnectionPool):
@@ -23,8 +30,27 @@ class DurableSQLiteConnectionPool(library.SQLiteConnectionPool):
         return connection
 
 
+class SQLiteRunRecorder(library.SQLiteApplicationRecorder):
+    """The library's recorder, plus `also`: statements committed with the events (a start's
+    row in the runnable index, which lives in the same file), so a start is one commit."""
+
+    def _insert_events(
+        self, c: library.SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        also: Sequence[Statement] = kwargs.get("also", ())
+        for sql, params in also:
+            if params:
+                c.executemany(_SQLITE.named(sql), params)
+            else:
+                c.execute(_SQLITE.named(sql))
+        return ids
+
+
 class Factory(library.SQLiteFactory):
     """Resolved by `eventsourcing` from PERSISTENCE_MODULE = "engine.storage.sqlite_durable"."""
+
+    application_recorder_class = SQLiteRunRecorder
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)

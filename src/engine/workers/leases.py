@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import psycopg
-
 from engine.errors import StoreUnavailableError
 from engine.logcontext import get_logger
-from engine.storage import SCHEMA_LOCK_KEY, StoreLocation
+from engine.storage import SCHEMA_LOCK_KEY, Statement, StoreLocation, pg_errors
 from engine.storage.index_db import Cursor as _Cursor
 from engine.storage.index_db import Db as _Db
 from engine.storage.index_db import PostgresDb, SqliteDb
@@ -38,6 +36,11 @@ READY, DONE, PARKED = "ready", "done", "parked"
 DEFAULT_QUEUE = "default"
 _T = TypeVar("_T")
 _HOST = socket.gethostname()
+
+_SET_LIMIT = (
+    "INSERT INTO {limits} (scope, max_running) VALUES (%(s)s, %(m)s) "
+    "ON CONFLICT (scope) DO UPDATE SET max_running = excluded.max_running"
+)
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS {queue} (
@@ -88,6 +91,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Enqueue:
+    """A run to add to the index (`LeaseStore.enqueue_many`); with `owner`, leased to it."""
+
+    run_id: UUID
+    workflow: str
+    queue: str
+    owner: str | None = None
+    lease_s: float = 0.0
+    limits: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class QueueRow:
     run_id: UUID
     workflow: str
@@ -102,6 +117,7 @@ class QueueRow:
     owner_host: str | None = None
     owner_pid: int | None = None
     heartbeat_at: float | None = None
+    holder_gone: bool = False  # PostgreSQL: the holder's session (its process) has ended
 
 
 def workflow_scope(name: str) -> str:
@@ -148,14 +164,14 @@ class LeaseStore:
                 try:
                     with self._db.transaction(exclusive=exclusive) as cur:
                         return fn(cur)
-                except psycopg.OperationalError as e:
+                except pg_errors("OperationalError") as e:
                     if not self._db.retryable():
                         raise
                     log.info("the runnable index connection was lost (%s); reconnecting",
                              str(e).strip())
                 with self._db.transaction(exclusive=exclusive) as cur:
                     return fn(cur)
-            except (psycopg.Error, sqlite3.Error, OSError) as e:
+            except _index_errors() as e:
                 raise StoreUnavailableError(self.location.display, str(e).strip()) from e
 
     def _sql(self, text: str) -> str:
@@ -164,7 +180,7 @@ class LeaseStore:
     def _create(self, cur: _Cursor) -> None:
         if self.location.kind == "postgres":  # processes starting together: one at a time
             cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
-        for ddl in _DDL:
+        for ddl in (*_DDL, "{session_ddl}"):
             cur.execute(self._sql(ddl))
         add_missing_column(cur, self.location, self._sql("{queue}"), "stepstone_queue",
                            "heartbeat_at", "DOUBLE PRECISION")
@@ -178,25 +194,45 @@ class LeaseStore:
         lease_s: float = 0.0, limits: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Add a run to the index; with `owner`, already leased to it (a local drive)."""
-        now = self.clock()
+        self.enqueue_many([Enqueue(run_id, workflow, queue, owner, lease_s, tuple(limits))])
 
+    def enqueue_many(self, rows: Sequence[Enqueue]) -> None:
+        """Add runs to the index in one transaction (one commit, one wake-up of idle workers)."""
         def do(cur: _Cursor) -> None:
-            cur.execute(
-                self._sql(
-                    "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
-                    "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid, "
-                    "heartbeat_at) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, %(now)s, "
-                    "%(owner)s, %(exp)s, %(host)s, %(pid)s, %(hb)s) ON CONFLICT (run_id) DO NOTHING"
-                ),
-                {"id": str(run_id), "wf": workflow, "q": queue, "now": now, "owner": owner,
-                 "exp": now + lease_s if owner else None, "host": _HOST if owner else None,
-                 "pid": os.getpid() if owner else None, "hb": now if owner else None},
-            )
-            self._set_limits(cur, limits)
-            if owner is None:
-                self._notify(cur)
+            for sql, params in self.enqueue_statements(rows):
+                if params:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql)
 
-        self._call(do)
+        if rows:
+            self._call(do)
+
+    def enqueue_statements(self, rows: Sequence[Enqueue]) -> list[Statement]:
+        """The SQL that adds `rows` to the index, for a transaction of the caller's: a start
+        commits it with the run's first event (`RunStore.save_events`), one commit in all."""
+        now, pid, session = self.clock(), os.getpid(), self._db.session
+        statements: list[Statement] = [(
+            self._sql(
+                "INSERT INTO {queue} (run_id, workflow, queue, state, available_at, "
+                "enqueued_at, lease_owner, lease_expires_at, owner_host, owner_pid, "
+                "heartbeat_at {session_col}) VALUES (%(id)s, %(wf)s, %(q)s, 'ready', %(now)s, "
+                "%(now)s, %(owner)s, %(exp)s, %(host)s, %(pid)s, %(hb)s {session_val}) "
+                "ON CONFLICT (run_id) DO NOTHING"
+            ),
+            [{"id": str(r.run_id), "wf": r.workflow, "q": r.queue, "now": now,
+              "owner": r.owner, "exp": now + r.lease_s if r.owner else None,
+              "host": _HOST if r.owner else None, "pid": pid if r.owner else None,
+              "hb": now if r.owner else None,
+              "session": session if r.owner else None} for r in rows],
+        )]
+        limits = dict.fromkeys(limit for r in rows for limit in r.limits)
+        if limits:
+            statements.append((self._sql(_SET_LIMIT), [{"s": s, "m": m} for s, m in limits]))
+        if self.channel and any(r.owner is None for r in rows):
+            # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
+            statements.append((f"NOTIFY {self.channel}", []))
+        return statements
 
     def _notify(self, cur: _Cursor) -> None:
         # Idle PostgreSQL workers LISTEN: a new runnable run wakes them without a poll.
@@ -212,13 +248,7 @@ class LeaseStore:
             if max_running is None:
                 cur.execute(self._sql("DELETE FROM {limits} WHERE scope = %(s)s"), {"s": scope})
             else:
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO {limits} (scope, max_running) VALUES (%(s)s, %(m)s) "
-                        "ON CONFLICT (scope) DO UPDATE SET max_running = excluded.max_running"
-                    ),
-                    {"s": scope, "m": max_running},
-                )
+                cur.execute(self._sql(_SET_LIMIT), {"s": scope, "m": max_running})
 
     def limits(self) -> dict[str, int]:
         def do(cur: _Cursor) -> dict[str, int]:
@@ -263,7 +293,8 @@ class LeaseStore:
                 self._sql(
                     "SELECT run_id, workflow, queue, lease_owner, takeovers FROM {queue} "
                     "WHERE state = 'ready' AND available_at <= %(now)s AND "
-                    "(lease_expires_at IS NULL OR lease_expires_at <= %(now)s)" + where +
+                    "(lease_expires_at IS NULL OR lease_expires_at <= %(now)s OR {holder_gone})"
+                    + where +
                     " ORDER BY available_at, enqueued_at LIMIT %(scan)s"
                 ),
                 params,
@@ -285,10 +316,12 @@ class LeaseStore:
                     self._sql(
                         "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                         "claims = claims + 1, takeovers = %(t)s, owner_host = %(host)s, "
-                        "owner_pid = %(pid)s, heartbeat_at = %(now)s WHERE run_id = %(id)s"
+                        "owner_pid = %(pid)s, heartbeat_at = %(now)s {set_session} "
+                        "WHERE run_id = %(id)s"
                     ),
                     {"o": owner, "exp": now + lease_s, "t": c.takeovers, "id": str(c.run_id),
-                     "host": _HOST, "pid": os.getpid(), "now": now},
+                     "host": _HOST, "pid": os.getpid(), "now": now,
+                     "session": self._db.session},
                 )
             return picked
 
@@ -309,15 +342,15 @@ class LeaseStore:
         def do(cur: _Cursor) -> str | None:
             cur.execute(
                 self._sql(
-                    "SELECT lease_owner, lease_expires_at, owner_host, owner_pid FROM {queue} "
-                    "WHERE run_id = %(id)s"
+                    "SELECT lease_owner, lease_expires_at, owner_host, owner_pid, {holder_gone} "
+                    "FROM {queue} WHERE run_id = %(id)s"
                 ),
                 {"id": str(run_id)},
             )
             rows = _rows(cur)
             if rows:
-                holder, expires, host, pid = rows[0]
-                live = holder is not None and expires is not None and expires > now
+                holder, expires, host, pid, gone = rows[0]
+                live = holder is not None and expires is not None and expires > now and not gone
                 if live and (holder != owner or pid != os.getpid()) \
                         and not (host == _HOST and pid is not None
                                  and not process_alive(int(pid))):
@@ -334,10 +367,11 @@ class LeaseStore:
                 self._sql(
                     "UPDATE {queue} SET lease_owner = %(o)s, lease_expires_at = %(exp)s, "
                     "state = 'ready', claims = claims + 1, note = NULL, owner_host = %(host)s, "
-                    "owner_pid = %(pid)s, heartbeat_at = %(now)s WHERE run_id = %(id)s"
+                    "owner_pid = %(pid)s, heartbeat_at = %(now)s {set_session} "
+                    "WHERE run_id = %(id)s"
                 ),
                 {"o": owner, "exp": now + lease_s, "id": str(run_id), "host": _HOST,
-                 "pid": os.getpid(), "now": now},
+                 "pid": os.getpid(), "now": now, "session": self._db.session},
             )
             return None
 
@@ -355,9 +389,11 @@ class LeaseStore:
                 cur.execute(
                     self._sql(
                         "UPDATE {queue} SET lease_expires_at = %(exp)s, heartbeat_at = %(now)s "
-                        "WHERE run_id = %(id)s AND lease_owner = %(o)s AND state = 'ready'"
+                        "{set_session} WHERE run_id = %(id)s AND lease_owner = %(o)s "
+                        "AND state = 'ready'"
                     ),
-                    {"exp": now + lease_s, "id": str(run_id), "o": owner, "now": now},
+                    {"exp": now + lease_s, "id": str(run_id), "o": owner, "now": now,
+                     "session": self._db.session},
                 )
                 if cur.rowcount == 1:
                     kept.add(run_id)
@@ -395,7 +431,7 @@ class LeaseStore:
                 self._sql(
                     "SELECT run_id, workflow, queue, state, available_at, lease_owner, "
                     "lease_expires_at, claims, takeovers, note, owner_host, owner_pid, "
-                    "heartbeat_at FROM {queue} WHERE run_id = %(id)s"
+                    "heartbeat_at, {holder_gone} FROM {queue} WHERE run_id = %(id)s"
                 ),
                 {"id": str(run_id)},
             )
@@ -403,7 +439,8 @@ class LeaseStore:
             if not rows:
                 return None
             r = rows[0]
-            return QueueRow(UUID(r[0]), *r[1:])
+            return QueueRow(UUID(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                            r[10], r[11], r[12], bool(r[13]))
 
         return self._call(do)
 
@@ -475,6 +512,10 @@ def add_missing_column(cur: _Cursor, location: StoreLocation, table: str, bare: 
                     {"c": column})
     if not cur.fetchall():
         cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _index_errors() -> tuple[type[Exception], ...]:
+    return (*pg_errors(), sqlite3.Error, OSError)
 
 
 def process_alive(pid: int) -> bool:
