@@ -12,7 +12,7 @@ import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,8 @@ from engine import checkpoints
 from engine import events as ev
 from engine.aggregate import RunCommandError, StepState, WorkflowRun
 from engine.context import StepContext, current_runner, current_step
-from engine.definitions import JsonCodec, Step, StepCall, Workflow
+from engine.definitions import Step, StepCall, Workflow
+from engine.driver_control import DriverControl
 from engine.errors import (
     ConfigurationError,
     EngineError,
@@ -30,7 +31,6 @@ from engine.errors import (
     StepTimeoutError,
     StoreUnavailableError,
 )
-from engine.fingerprints import Fingerprint
 from engine.logcontext import get_logger
 from engine.observe import log_events
 from engine.preemption import Preempted, PreemptionToken
@@ -38,10 +38,8 @@ from engine.results import RunResult
 from engine.status import RunStatus, StepStatus
 from engine.stopping import (
     DEFAULT_LIMITS,
-    AttemptAbandoned,
     Cancelled,
     CancelRequest,
-    CheckpointRate,
     DeadlinePassed,
     LimitReached,
     RunLimits,
@@ -64,7 +62,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class RunDriver:
+class RunDriver(DriverControl):
     """Drives one run in this thread (and its fan-out branches in a few more).
 
     `saver` commits the run's pending events (the engine's group commit, so the runs one
@@ -431,57 +429,6 @@ class RunDriver:
         self.record(self.run.mark_patch, change_id)
         return True
 
-    # -- stops (engine.stopping) -----------------------------------------------------------
-    def stop_pending(self, step_key: str | None = None) -> Preempted | None:
-        """The stop the run should unwind for now (cancel, deadline, preemption), if any."""
-        return self.stops.pending(self.run.state.deadline, step_key)
-
-    def _raise_if_preempted(self, step_key: str | None = None) -> None:
-        stop = self.stop_pending(step_key)
-        if stop is not None:
-            raise stop
-        self.stops.check_events(self.run.version, step_key)
-
-    def _attempt_bound(self, step: Step[..., Any], ctx: StepContext) -> float | None:
-        """How long the driver waits for this attempt before abandoning it, if bounded: its
-        timeout, or what is left of the run's deadline, plus a grace to reach a checkpoint."""
-        bounds = []
-        if step.timeout_s is not None:
-            ctx.timeout_s = step.timeout_s
-            ctx.timeout_at = time.monotonic() + step.timeout_s
-            bounds.append(step.timeout_s)
-        deadline = self.run.state.deadline
-        if deadline is not None:
-            bounds.append((deadline - self.clock()).total_seconds())
-        if not bounds:
-            return None
-        return max(0.0, min(bounds)) + self.limits.step_timeout_grace_s
-
-    def _abandon_attempt(self, step: Step[..., Any], ctx: StepContext) -> BaseException:
-        """The driver stops waiting for an attempt past its bound: what to record instead."""
-        with self._lock:
-            self._flush_checkpoint(ctx.step_key)  # what it reached before its bound is kept
-            ctx.abandoned = True  # its thread writes nothing more
-        deadline = self.run.state.deadline
-        if deadline is not None and self.clock() >= deadline:
-            return DeadlinePassed(deadline, ctx.step_key)
-        log.warning("run %s: abandoned attempt %d of step %s past its %gs timeout",
-                    self.run.id, ctx.attempt, ctx.step_key, step.timeout_s or 0.0)
-        return StepTimeoutError(ctx.step_key, step.timeout_s or 0.0, abandoned=True)
-
-    def wait_until(self, due: datetime) -> None:
-        deadline = self.run.state.deadline
-        until = due if deadline is None else min(due, deadline)
-        delay = (until - self.clock()).total_seconds()
-        if delay > 0:
-            if self.suspend_after_s is not None and delay > self.suspend_after_s:
-                raise Suspend(until)  # a worker comes back then (at the deadline, to stop it)
-            stop = self.stops.wait(delay, deadline)
-            if stop is not None:
-                raise stop
-        if deadline is not None and self.clock() >= deadline:
-            raise DeadlinePassed(deadline)
-
     # -- durable sleep --------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
         """Wait durably: the wake time is recorded first, so a restart keeps the deadline."""
@@ -504,64 +451,6 @@ class RunDriver:
         from engine.fanout import gather_branches  # it builds on this module
 
         return gather_branches(self, calls, limit)
-
-    # -- checkpoints (the StepContext sink) -----------------------------------------------
-    @property
-    def preemption_requested(self) -> bool:
-        return self.token.requested
-
-    @property
-    def cancel_requested(self) -> bool:
-        return isinstance(self.stop_pending(), (Cancelled, DeadlinePassed))
-
-    def checkpoint(self, ctx: StepContext, state: Any, done: int | None, total: int | None,
-                   source: Fingerprint | None = None, effects: Iterable[str] = ()) -> None:
-        try:
-            encoded = JsonCodec(None, f"the checkpoint of step {ctx.step_key!r}").encode(state)
-        except EngineError as e:  # not the step's failure: the run stays resumable
-            raise Halt(e) from e
-        ctx.checkpoint_sequence += 1
-        ctx.last_checkpoint = encoded
-        now = time.monotonic()
-        last = self._last_checkpoint_at.get(ctx.step_key, 0.0)
-        throttled = now - last < self.checkpoint_min_interval_s
-        with self._lock:  # an abandoned attempt's thread must not leave one behind
-            if ctx.abandoned:
-                raise AttemptAbandoned(ctx.step_key)
-            self._pending_checkpoints[ctx.step_key] = checkpoints.Pending.of(
-                self._pending_checkpoints.get(ctx.step_key), ctx, encoded, done, total, source,
-                effects)
-        TRACER.event("checkpoint", {"stepstone.sequence": ctx.checkpoint_sequence})
-        stop = self.stop_pending(ctx.step_key)
-        overdue = ctx.timeout_at is not None and time.monotonic() >= ctx.timeout_at
-        if not throttled or stop is not None or overdue:
-            self.stops.check_events(self.run.version, ctx.step_key)
-            if ctx.rate is None:
-                ctx.rate = CheckpointRate()
-            ctx.rate.add(self.limits.max_checkpoints_per_minute, ctx.step_key)
-            self._flush_checkpoint(ctx.step_key)
-            self._last_checkpoint_at[ctx.step_key] = now
-        if stop is not None:
-            raise stop
-        if overdue:
-            ctx.timed_out = True
-            raise StepTimeoutError(ctx.step_key, ctx.timeout_s or 0.0)
-
-    def _flush_checkpoints(self) -> None:
-        for key in list(self._pending_checkpoints):
-            self._flush_checkpoint(key)
-
-    def _flush_checkpoint(self, key: str) -> None:
-        cp = self._pending_checkpoints.pop(key, None)
-        if cp is None or cp.ctx.abandoned:
-            return
-        self.record(
-            self.run.checkpoint_step, cp.ctx.step_key, cp.ctx.attempt,
-            cp.ctx.checkpoint_sequence, cp.state, cp.done, cp.total,
-            version=cp.ctx.checkpoint_version, source=cp.source, effects=cp.effects,
-        )
-        self.save()
-
 
 NOT_RECORDED: Any = object()
 

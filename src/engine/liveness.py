@@ -52,7 +52,7 @@ def holder_alive(lease: Lease | None, now: float) -> bool:
     if lease.expires_at <= now or lease.gone:
         return False
     if lease.host == THIS_HOST and lease.pid is not None:
-        from engine.workers.leases import process_alive  # the index's module: psycopg
+        from engine.workers.index_rows import process_alive
 
         return process_alive(int(lease.pid))
     return True

@@ -19,7 +19,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -29,11 +28,27 @@ from engine.storage import SCHEMA_LOCK_KEY, Statement, StoreLocation, pg_errors
 from engine.storage.index_db import Cursor as _Cursor
 from engine.storage.index_db import Db as _Db
 from engine.storage.index_db import PostgresDb, SqliteDb
+from engine.workers.index_rows import (
+    DDL,
+    DEFAULT_QUEUE,
+    DONE,
+    PARKED,
+    READY,
+    Claim,
+    Enqueue,
+    QueueRow,
+    add_missing_column,
+    process_alive,
+    queue_scope,
+    workflow_scope,
+)
+
+__all__ = [
+    "DEFAULT_QUEUE", "DONE", "PARKED", "READY", "Claim", "Enqueue", "LeaseStore", "QueueRow",
+    "process_alive", "queue_scope", "workflow_scope",
+]
 
 log = get_logger("stepstone.worker")
-
-READY, DONE, PARKED = "ready", "done", "parked"
-DEFAULT_QUEUE = "default"
 _T = TypeVar("_T")
 _HOST = socket.gethostname()
 
@@ -41,91 +56,6 @@ _SET_LIMIT = (
     "INSERT INTO {limits} (scope, max_running) VALUES (%(s)s, %(m)s) "
     "ON CONFLICT (scope) DO UPDATE SET max_running = excluded.max_running"
 )
-
-_DDL = (
-    """CREATE TABLE IF NOT EXISTS {queue} (
-        run_id TEXT PRIMARY KEY,
-        workflow TEXT NOT NULL,
-        queue TEXT NOT NULL,
-        state TEXT NOT NULL,
-        available_at DOUBLE PRECISION NOT NULL,
-        enqueued_at DOUBLE PRECISION NOT NULL,
-        lease_owner TEXT,
-        lease_expires_at DOUBLE PRECISION,
-        claims INTEGER NOT NULL DEFAULT 0,
-        takeovers INTEGER NOT NULL DEFAULT 0,
-        owner_host TEXT,
-        owner_pid INTEGER,
-        note TEXT,
-        heartbeat_at DOUBLE PRECISION
-    )""",
-    "CREATE INDEX IF NOT EXISTS {queue_ready} ON {queue} (queue, available_at)",
-    "CREATE INDEX IF NOT EXISTS {queue_owner} ON {queue} (lease_owner)",
-    """CREATE TABLE IF NOT EXISTS {limits} (
-        scope TEXT PRIMARY KEY,
-        max_running INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS {sweep} (
-        id INTEGER PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-    # Cancels asked for and not yet recorded by the run's holder (engine.workers.cancels).
-    """CREATE TABLE IF NOT EXISTS {cancels} (
-        run_id TEXT PRIMARY KEY,
-        requested_by TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        requested_at DOUBLE PRECISION NOT NULL
-    )""",
-)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A run this worker now holds; `taken_from` names the worker whose lease had expired."""
-
-    run_id: UUID
-    workflow: str
-    queue: str
-    taken_from: str | None
-    takeovers: int
-
-
-@dataclass(frozen=True)
-class Enqueue:
-    """A run to add to the index (`LeaseStore.enqueue_many`); with `owner`, leased to it."""
-
-    run_id: UUID
-    workflow: str
-    queue: str
-    owner: str | None = None
-    lease_s: float = 0.0
-    limits: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True)
-class QueueRow:
-    run_id: UUID
-    workflow: str
-    queue: str
-    state: str
-    available_at: float
-    lease_owner: str | None
-    lease_expires_at: float | None
-    claims: int
-    takeovers: int
-    note: str | None
-    owner_host: str | None = None
-    owner_pid: int | None = None
-    heartbeat_at: float | None = None
-    holder_gone: bool = False  # PostgreSQL: the holder's session (its process) has ended
-
-
-def workflow_scope(name: str) -> str:
-    return f"workflow:{name}"
-
-
-def queue_scope(name: str) -> str:
-    return f"queue:{name}"
 
 
 class LeaseStore:
@@ -180,7 +110,7 @@ class LeaseStore:
     def _create(self, cur: _Cursor) -> None:
         if self.location.kind == "postgres":  # processes starting together: one at a time
             cur.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": SCHEMA_LOCK_KEY})
-        for ddl in (*_DDL, "{session_ddl}"):
+        for ddl in (*DDL, "{session_ddl}"):
             cur.execute(self._sql(ddl))
         add_missing_column(cur, self.location, self._sql("{queue}"), "stepstone_queue",
                            "heartbeat_at", "DOUBLE PRECISION")
@@ -497,37 +427,8 @@ class LeaseStore:
         return self._call(do)
 
 
-def add_missing_column(cur: _Cursor, location: StoreLocation, table: str, bare: str,
-                       column: str, kind: str) -> None:
-    """Add a column that a table made by an older release lacks (asked first: an ALTER locks
-    the table even when there is nothing to do)."""
-    if location.kind == "postgres":
-        cur.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = %(s)s "
-            "AND table_name = %(t)s AND column_name = %(c)s",
-            {"s": location.schema, "t": bare, "c": column},
-        )
-    else:
-        cur.execute(f"SELECT 1 FROM pragma_table_info('{bare}') WHERE name = %(c)s",
-                    {"c": column})
-    if not cur.fetchall():
-        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
 def _index_errors() -> tuple[type[Exception], ...]:
     return (*pg_errors(), sqlite3.Error, OSError)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this machine (a lease's local holder, a
-    demo's half-written input)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _rows(cur: _Cursor) -> list[tuple[Any, ...]]:
