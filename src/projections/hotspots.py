@@ -49,7 +49,10 @@ HOTSPOTS = Table(
 )
 HOTSPOTS_RUNS = Table(
     name="hotspots_runs",
-    columns=(("run_id", "uuid"), ("workflow", "text"), ("open_steps", "text")),
+    # `invalidated`: this run's invalidated checkpoints per step name, so that a pruned run's
+    # share of the counts can be taken back out (projections.retention).
+    columns=(("run_id", "uuid"), ("workflow", "text"), ("open_steps", "text"),
+             ("invalidated", "text")),
     key=("run_id",),
 )
 _COUNTERS = HOTSPOTS.column_names[2:]
@@ -75,18 +78,21 @@ class HotspotsView(View):
     def apply(self, tx: Tx, facts: Sequence[Fact], loaded: list[list[Any]]) -> None:
         counts, states_table = self.bound
         facts = [f for f in facts if f.kind in _KINDS]
-        # run id -> [workflow, {step key: step name} of attempts without an end, as stored]
+        # run id -> [workflow, {step key: step name} of attempts without an end,
+        #            {step name: invalidated checkpoints}, both as stored]
         states: dict[str, list[Any]] = {
-            run_id: [workflow, orjson.loads(open_steps), open_steps]
-            for run_id, workflow, open_steps in loaded
+            run_id: [workflow, orjson.loads(open_steps), orjson.loads(invalidated or "{}"),
+                     (open_steps, invalidated)]
+            for run_id, workflow, open_steps, invalidated in loaded
         }
         deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 6)
         for fact in facts:
             d = fact.data
             if fact.kind is RunStarted:
-                states[fact.run_id] = [d["workflow"], {}, None]
+                states[fact.run_id] = [d["workflow"], {}, {}, None]
                 continue
-            workflow, open_steps, _ = states.setdefault(fact.run_id, ["", {}, None])
+            workflow, open_steps, invalid, _ = states.setdefault(fact.run_id,
+                                                                 ["", {}, {}, None])
             key = d["step_key"]
             if fact.kind is StepStarted:
                 c = deltas[(workflow, d["step_name"])]
@@ -99,6 +105,7 @@ class HotspotsView(View):
                 if ev.CheckpointOutcome(d["outcome"]).invalidated:
                     name = open_steps.get(key) or key.rpartition("#")[0] or key
                     deltas[(workflow, name)][5] += 1
+                    invalid[name] = invalid.get(name, 0) + 1
                 continue
             name = open_steps.pop(key, None) or key.rpartition("#")[0] or key
             if fact.kind is StepFailed:
@@ -106,9 +113,10 @@ class HotspotsView(View):
             elif fact.kind is StepPreempted:
                 deltas[(workflow, name)][3] += 1
         rows: list[Sequence[Any]] = []
-        for run_id, (workflow, open_steps, stored) in states.items():
-            now = orjson.dumps(open_steps).decode()
+        for run_id, (workflow, open_steps, invalid, stored) in states.items():
+            now = (orjson.dumps(open_steps).decode(),
+                   orjson.dumps(invalid).decode() if invalid else None)
             if now != stored:  # most batches start and end a step: nothing to write
-                rows.append((run_id, workflow, now))
+                rows.append((run_id, workflow, *now))
         tx.upsert(states_table, rows)
         tx.upsert(counts, [(*k, *v) for k, v in deltas.items()], add=True)

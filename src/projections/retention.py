@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from engine.status import RunStatus
 from projections.attempts import StepAttemptsView
 from projections.hotspots import HotspotsView
@@ -78,8 +80,13 @@ def _forget_hotspots(tx: Tx, view: View, attempts: View | None, ids: Sequence[st
     if attempts is None:
         raise ValueError("the hotspots view forgets a run from its step attempts: prune with "
                          "both views")
-    workflows = dict(_rows_of(tx, runs_table, "run_id, workflow", ids))
-    deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 5)
+    workflows: dict[Any, str] = {}
+    deltas: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 6)
+    for run_id, workflow, invalidated in _rows_of(tx, runs_table,
+                                                  "run_id, workflow, invalidated", ids):
+        workflows[run_id] = workflow
+        for name, n in orjson.loads(invalidated or "{}").items():
+            deltas[(workflow, name)][5] -= n
     rows = _rows_of(tx, attempts.bound[0], "run_id, step_key, attempt, step_name, outcome", ids)
     for run_id, key, attempt, name, outcome in rows:
         workflow = workflows.get(run_id) or workflows.get(str(run_id)) or ""
@@ -92,7 +99,7 @@ def _forget_hotspots(tx: Tx, view: View, attempts: View | None, ids: Sequence[st
         c[4] -= outcome == "crashed"
     tx.upsert(counts, [(*k, *v) for k, v in deltas.items()], add=True)
     tx.execute(f"DELETE FROM {counts.qname} WHERE attempts = 0 AND retries = 0 AND "
-               "failures = 0 AND preemptions = 0 AND crashes = 0")
+               "failures = 0 AND preemptions = 0 AND crashes = 0 AND invalidated = 0")
     _delete(tx, runs_table, ids)
 
 

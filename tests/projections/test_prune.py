@@ -82,13 +82,19 @@ def test_prune_under_load_archives_then_removes_finished_runs_only(
         thread = threading.Thread(target=follower.run, args=(stop,),
                                   kwargs={"poll_interval_s": 0.02}, daemon=True)
         thread.start()
-        writer.start()
-        wait_until(lambda: writer.saves >= 2, "the writer to append runs")
-        code, out, err = invoke("prune", "--finished-before", CUTOFF, "--archive",
-                                str(archive), "--batch-runs", "7", "--db", store_url, "--json")
-        writer.finish()
-        stop.set()
-        thread.join(timeout=30)
+        try:
+            writer.start()
+            wait_until(lambda: writer.saves >= 2, "the writer to append runs")
+            code, out, err = invoke("prune", "--finished-before", CUTOFF, "--archive",
+                                    str(archive), "--batch-runs", "7", "--db", store_url,
+                                    "--json")
+        finally:
+            # Both threads end before their connections close, whatever failed: a SQLite
+            # connection closed under a thread that is using it crashes the process.
+            stop.set()
+            thread.join(timeout=30)
+            writer.finish()
+        assert not thread.is_alive()
     assert code == 0, err
     report = orjson.loads(out)
     removed = set(map(UUID, report["chosen"])) - set(map(UUID, report["kept"]))

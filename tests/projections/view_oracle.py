@@ -62,7 +62,7 @@ def actual_views(projector: Projector) -> dict[str, dict[tuple[Any, ...], tuple[
                 for raw in tx.fetch(f"SELECT * FROM {table.qname}"):
                     row = tuple(canonical(k, v) for k, v in zip(kinds, raw, strict=True))
                     if spec.name == "hotspots_runs":  # JSON text: compare what it means
-                        row = (*row[:2], orjson.loads(row[2]))
+                        row = (*row[:2], orjson.loads(row[2]), orjson.loads(row[3] or "{}"))
                     rows[tuple(row[names.index(c)] for c in spec.key)] = row
                 out[spec.name] = rows
     return out
@@ -77,8 +77,12 @@ def expected_views(
         run, tried, opened = _fold_run(history)
         runs[(str(run_id),)] = tuple(run.values())
         workflow = run["workflow"]
+        invalid_by_step: dict[str, int] = {}
         for (key, attempt), a in tried.items():
             invalidated = a.pop("invalidated")  # a hotspots count, not an attempts column
+            if invalidated:
+                name = a["step_name"]
+                invalid_by_step[name] = invalid_by_step.get(name, 0) + invalidated
             attempts[(str(run_id), key, attempt)] = (str(run_id), key, attempt, *a.values())
             h = hot.setdefault((workflow, a["step_name"]), [0, 0, 0, 0, 0, 0])
             h[0] += 1
@@ -87,7 +91,7 @@ def expected_views(
             h[3] += a["outcome"] == "preempted"
             h[4] += a["outcome"] == "crashed"
             h[5] += invalidated
-        hot_runs[(str(run_id),)] = (str(run_id), workflow, opened)
+        hot_runs[(str(run_id),)] = (str(run_id), workflow, opened, invalid_by_step)
         duration = None
         if run["status"] == "completed":
             duration = round((run["finished_at"] - run["started_at"]).total_seconds(), 6)
