@@ -62,7 +62,10 @@ def test_run_page_of_a_million_events_is_bounded(tmp_path: Path) -> None:
             page.locator("#older-events").click()
             expect(page.locator("#events tbody tr")).to_have_count(400, timeout=30_000)
             assert page.locator("#events tbody tr").first.inner_text() == newest
-            assert len(asked) == before + 1, asked[before:]
+            # One request for the older page (a refresh the stream's end asked for may still
+            # be landing meanwhile: it reads the newest events, never older ones).
+            older = [u for u in asked[before:] if "limit=200&before=" in u]
+            assert len(older) == 1, asked[before:]
             heap = page.evaluate("performance.memory.usedJSHeapSize")
             assert heap < 100 * 2**20, heap
             page.screenshot(path=str(tmp_path / "big-run.png"), full_page=True)
