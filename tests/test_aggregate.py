@@ -147,7 +147,29 @@ CASES: dict[type[ev.RunEvent], Case] = {
         lambda r: (r.status is RunStatus.PARKED and r.state.parked is not None
                    and r.state.parked.expected == "a#0") or pytest.fail("parked"),
     ),
+    ev.MessageAwaited: (
+        started,
+        lambda r: r.await_message("receive#0", "approval", T + timedelta(hours=1), at=T,
+                                  worker=W),
+        lambda r: (r.status is RunStatus.WAITING and r.state.awaiting == "approval"
+                   and r.steps["receive#0"].wake_at == T + timedelta(hours=1))
+        or pytest.fail("awaited"),
+    ),
+    ev.MessageReceived: (
+        lambda: _awaiting(started()),
+        lambda r: r.receive_message("receive#0", "approval", "m1", {"ok": True}, T, at=T,
+                                    worker=W),
+        lambda r: (r.status is RunStatus.RUNNING and r.state.awaiting is None
+                   and r.state.received == ["m1"]
+                   and r.steps["receive#0"].status is StepStatus.COMPLETED
+                   and r.steps["receive#0"].output == {"ok": True}) or pytest.fail("received"),
+    ),
 }
+
+
+def _awaiting(run: WorkflowRun) -> WorkflowRun:
+    run.await_message("receive#0", "approval", None, at=T, worker=W)
+    return run
 
 
 def _timer(run: WorkflowRun) -> WorkflowRun:
@@ -266,3 +288,14 @@ def test_a_forced_resume_of_a_running_run_is_refused() -> None:
     run = running_step(started())
     with pytest.raises(RunCommandError, match="only a cancelled or timed-out run"):
         run.resume(ev.ResumeReason.FORCED, at=T, worker=W)
+
+
+def test_a_message_is_consumed_once_and_a_receive_completes_once() -> None:
+    run = _awaiting(started())
+    run.receive_message("receive#0", "approval", "m1", 1, T, at=T, worker=W)
+    with pytest.raises(RunCommandError, match="received already"):
+        run.receive_message("receive#0", "approval", "m2", 2, T, at=T, worker=W)
+    with pytest.raises(RunCommandError, match="consumed already"):
+        run.receive_message("receive#1", "approval", "m1", 1, T, at=T, worker=W)
+    run.receive_message("receive#1", "approval", None, None, None, at=T, worker=W)  # timed out
+    assert run.state.received == ["m1"]

@@ -38,6 +38,7 @@ from engine.errors import (
     WorkflowNotFoundError,
 )
 from engine.identity import load_workflow, run_id_for_key
+from engine.messages import MessageConflictError, SendOutcome, receive
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
@@ -59,6 +60,7 @@ __all__ = [
     "IdempotencyConflictError",
     "InvalidInputError",
     "LeaseLostError",
+    "MessageConflictError",
     "NonDeterminismError",
     "NonRetryableError",
     "OutputEncodingError",
@@ -75,6 +77,7 @@ __all__ = [
     "RunParkedError",
     "RunResult",
     "RunStatus",
+    "SendOutcome",
     "Settings",
     "Step",
     "StepCall",
@@ -93,6 +96,7 @@ __all__ = [
     "gather",
     "load_workflow",
     "patched",
+    "receive",
     "run_id_for_key",
     "signals_request_preemption",
     "sleep",

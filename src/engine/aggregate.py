@@ -76,6 +76,9 @@ class RunState(BaseModel):
     parked: Divergence | None = None
     # -- control, docs/controlling-runs.md --
     deadline: datetime | None = None
+    # -- messages, docs/messages.md --
+    awaiting: str | None = None  # the topic a waiting `receive()` waits on
+    received: list[str] = []  # ids of the messages consumed, each exactly once
 
 
 class RunCommandError(EngineError):
@@ -180,6 +183,21 @@ class WorkflowRun(BaseAggregate[UUID]):
         if timer is None or timer.status is not StepStatus.WAITING:
             raise RunCommandError(f"run {self.id}: no timer {key} is waiting")
         self._trigger(ev.TimerFired, at, worker, step_key=key)
+
+    def await_message(self, key: str, topic: str, timeout_at: datetime | None, *,
+                      at: datetime, worker: str) -> None:
+        self._trigger(ev.MessageAwaited, at, worker, step_key=key, topic=topic,
+                      timeout_at=timeout_at)
+
+    def receive_message(self, key: str, topic: str, message_id: str | None, payload: Any,
+                        sent_at: datetime | None, *, at: datetime, worker: str) -> None:
+        prior = self.state.steps.get(key)
+        if prior is not None and prior.status is StepStatus.COMPLETED:
+            raise RunCommandError(f"run {self.id}: {key} received already")
+        if message_id is not None and message_id in self.state.received:
+            raise RunCommandError(f"run {self.id}: message {message_id!r} was consumed already")
+        self._trigger(ev.MessageReceived, at, worker, step_key=key, topic=topic,
+                      message_id=message_id, payload=payload, sent_at=sent_at)
 
     def mark_patch(self, change_id: str, *, at: datetime, worker: str) -> None:
         self._trigger(ev.PatchMarked, at, worker, change_id=change_id)
@@ -309,6 +327,22 @@ class WorkflowRun(BaseAggregate[UUID]):
                 )
             case ev.TimerFired():
                 s.steps[event.step_key].status = StepStatus.COMPLETED
+            case ev.MessageAwaited():
+                s.awaiting = event.topic
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="receive", attempt=0, status=StepStatus.WAITING,
+                    started_at=event.timestamp, wake_at=event.timeout_at,
+                )
+            case ev.MessageReceived():
+                s.awaiting = None
+                prior = s.steps.get(event.step_key)
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="receive", attempt=0, status=StepStatus.COMPLETED,
+                    started_at=prior.started_at if prior else event.timestamp,
+                    output=event.payload,
+                )
+                if event.message_id is not None:
+                    s.received.append(event.message_id)
             case ev.RunPreempted():
                 s.last_reason = event.reason
             case ev.RunCompleted():

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import events as ev
 from engine.aggregate import RunCommandError, StepState, WorkflowRun
@@ -50,6 +50,9 @@ from engine.stopping import (
 from engine.store import RunStore
 from engine.tracing import TRACER
 from engine.unwinding import Abandon, Halt, Suspend
+
+if TYPE_CHECKING:
+    from engine.workers.leases import LeaseStore
 
 log = get_logger("stepstone.engine")
 
@@ -133,6 +136,8 @@ class RunDriver:
         # Fan-out branches record from their own threads; one lock keeps the aggregate and its
         # pending events consistent (steps are long, so it is never contended for long).
         self._lock = threading.RLock()
+        self.inbox: LeaseStore | None = None
+        """Where `receive()` finds the run's messages (engine.messages); set by the engine."""
 
     # -- recording ------------------------------------------------------------------------
     def record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
@@ -505,6 +510,12 @@ class RunDriver:
         self.wait_until(wake_at)
         self.record(self.run.fire_timer, key)  # held, like a completion
 
+    def receive(self, topic: str, timeout_s: float | None) -> Any:
+        """Wait durably for a message on `topic`; see `engine.messages`."""
+        from engine.messages import receive_in  # it builds on this module
+
+        return receive_in(self, topic, timeout_s)
+
     # -- fan-out --------------------------------------------------------------------------
     def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
         """Run independent steps in parallel (at most `limit` at once); see `engine.fanout`."""
@@ -590,7 +601,8 @@ def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
     if run.status is RunStatus.PARKED:  # audit: compatible code is back
         return ev.ResumeReason.AFTER_PARKING
     if run.status is RunStatus.WAITING:
-        return ev.ResumeReason.TIMER_DUE
+        return (ev.ResumeReason.TIMER_DUE if run.state.awaiting is None
+                else ev.ResumeReason.MESSAGE_WAIT)
     last = next(reversed(run.steps.values()), None)
     if last is not None and last.status is StepStatus.FAILED and last.retryable:
         return ev.ResumeReason.RETRY_DUE

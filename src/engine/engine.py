@@ -32,6 +32,8 @@ from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
 from engine.identity import input_digest, load_workflow, run_id_for_key
 from engine.logcontext import get_logger
+from engine.messages import SendOutcome, wake_if_delivered
+from engine.messages import send as send_message
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
 from engine.reads import RunReads
@@ -252,6 +254,13 @@ class Engine(RunReads):
         that). `RunFinishedError` for a finished run, nothing written."""
         return cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
 
+    def send(self, run_id: UUID, topic: str, payload: Any, *,
+             message_id: str | None = None) -> SendOutcome:
+        """Send a message to a run (docs/messages.md): durable when this returns, consumed
+        once by the run's `receive(topic)`; the same `message_id` again is a no-op. Errors
+        for an unknown or finished run, a bad topic or payload; nothing written then."""
+        return send_message(self, run_id, topic, payload, message_id=message_id)
+
     def drive_claimed(
         self,
         run_id: UUID,
@@ -358,6 +367,7 @@ class Engine(RunReads):
             cancel_check=self._cancel_check(run_id, keeper),
             limits=self.settings.run_limits(),
         )
+        driver.inbox = self.leases
         try:
             result = driver.drive()
         except NonDeterminismError as e:
@@ -386,6 +396,7 @@ class Engine(RunReads):
                 clear_cancel(self.leases, run_id)
         else:
             self._release(run_id, state=READY, at=result.resume_at)
+            wake_if_delivered(self.leases, driver.run)  # a message sent while it was held
         return result
 
     def _cancel_check(

@@ -34,6 +34,7 @@ class ResumeReason(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
     FORCED = "forced"  # `resume --force` reopened a cancelled or timed-out run
+    MESSAGE_WAIT = "message_wait"  # a run waiting in `receive()`: a message, its timeout, a look
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -229,6 +230,38 @@ class RunTimedOut(RunEvent):
         return f"deadline {self.deadline.isoformat()} passed{where}"
 
 
+# -- messages, docs/messages.md ------------------------------------------------------------------
+
+
+class MessageAwaited(RunEvent):
+    """`receive(topic)` found no message: the run waits, without a worker, until one arrives
+    or `timeout_at` passes (recorded, so every worker and every restart keeps the same one)."""
+
+    step_key: str
+    topic: str
+    timeout_at: datetime | None
+
+    def summary(self) -> str:
+        until = f" until {self.timeout_at.isoformat()}" if self.timeout_at else ""
+        return f"waits for a message on {self.topic!r}{until}"
+
+
+class MessageReceived(RunEvent):
+    """`receive(topic)` consumed one message (exactly once: its id is never consumed again),
+    or timed out (`message_id` None). Replay returns `payload` and never reads the inbox."""
+
+    step_key: str
+    topic: str
+    message_id: str | None
+    payload: Any
+    sent_at: datetime | None
+
+    def summary(self) -> str:
+        if self.message_id is None:
+            return f"no message on {self.topic!r} before the timeout"
+        return f"message {self.message_id!r} on {self.topic!r}: {short(self.payload, 50)}"
+
+
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
 
 
@@ -283,4 +316,6 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     RunParked,
     TimerStarted,
     TimerFired,
+    MessageAwaited,
+    MessageReceived,
 )

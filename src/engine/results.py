@@ -41,6 +41,8 @@ class RunInfo:
     """The live process driving it now (engine.liveness), if any."""
     last_seen: datetime | None = None
     """For an `interrupted` run: when it was last seen alive."""
+    waiting_for: str | None = None
+    """For a run waiting in `receive()`: the topic (docs/messages.md)."""
 
     @classmethod
     def of(cls, run: WorkflowRun, liveness: Liveness | None = None) -> RunInfo:
@@ -71,6 +73,7 @@ class RunInfo:
             deadline=s.deadline,
             held_by=liveness.held_by if liveness is not None else None,
             last_seen=liveness.last_seen if liveness is not None else None,
+            waiting_for=s.awaiting if s.status is RunStatus.WAITING else None,
         )
 
 

@@ -62,6 +62,8 @@ STATUS_AFTER: dict[type[ev.RunEvent], RunStatus] = {
     ev.StepStarted: RunStatus.RUNNING,
     ev.TimerStarted: RunStatus.WAITING,
     ev.TimerFired: RunStatus.RUNNING,
+    ev.MessageAwaited: RunStatus.WAITING,
+    ev.MessageReceived: RunStatus.RUNNING,
     ev.RunPreempted: RunStatus.PREEMPTED,
     ev.RunCompleted: RunStatus.COMPLETED,
     ev.RunFailed: RunStatus.FAILED,

@@ -58,7 +58,8 @@ class HotspotsView(View):
     tables = (HOTSPOTS, HOTSPOTS_RUNS)
     handles = _KINDS
     ignores = frozenset({  # it counts attempts, knowing their run's workflow
-        ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.RunPreempted,
+        ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.MessageAwaited,
+        ev.MessageReceived, ev.RunPreempted,
         ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut, ev.PatchMarked,
         ev.StepReused, ev.RunParked,
     })

@@ -53,6 +53,7 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.control_cli import cancel
+from stepstone.messages_cli import send
 from stepstone.projections_cli import projections
 from stepstone.serve_cli import serve
 from stepstone.timeline import show_timeline
@@ -300,6 +301,7 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
             show_timeline(entries)  # audit: the readable timeline
 
 main.add_command(cancel)
+main.add_command(send)
 main.add_command(projections)
 main.add_command(worker)
 main.add_command(serve)

@@ -59,6 +59,7 @@ class SqliteDb:
             "limits": "stepstone_limits",
             "sweep": "stepstone_queue_sweep",
             "cancels": "stepstone_cancel_requests",
+            "messages": "stepstone_messages",
         }
 
     @contextmanager
@@ -117,6 +118,7 @@ class PostgresDb:
             "limits": q("stepstone_limits"),
             "sweep": q("stepstone_queue_sweep"),
             "cancels": q("stepstone_cancel_requests"),
+            "messages": q("stepstone_messages"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
         }
 
