@@ -7,6 +7,8 @@ one line and exit 2, with nothing stored.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import orjson
 
@@ -20,7 +22,8 @@ from stepstone.common import fail, open_engine, parse_run_id, store_options
 @click.argument("run_id")
 @click.argument("topic")
 @click.option("--data", "data", default="null", show_default=True, metavar="JSON",
-              help=f"The payload, as JSON (at most {MAX_PAYLOAD_BYTES // 1024} KiB).")
+              help=f"The payload, as JSON (at most {MAX_PAYLOAD_BYTES // 1024} KiB); "
+                   "@FILE reads it from a file.")
 @click.option("--id", "message_id", metavar="ID",
               help="The message's id: sending the same id again delivers nothing more "
                    "(default: a new one).")
@@ -33,6 +36,11 @@ def send(run_id: str, topic: str, data: str, message_id: str | None,
     kept for it. Unknown or finished runs, bad JSON and oversized payloads exit 2.
     """
     rid = parse_run_id(run_id)
+    if data.startswith("@"):
+        try:
+            data = Path(data[1:]).read_text()
+        except OSError as e:
+            fail(f"--data {data}: cannot read the file ({e.strerror})")
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as e:
