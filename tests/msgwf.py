@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import receive, sleep, step, step_context, workflow
+from engine import publish, receive, sleep, step, step_context, workflow
 
 
 @step
@@ -53,3 +53,19 @@ def receive_then_sleep(seconds: float = 3600) -> Any:
     got = receive("go")
     sleep(seconds)
     return got
+
+
+@step
+def export(rows: int) -> str:
+    return f"export-{rows}.csv"
+
+
+@workflow("exporter")
+def exporter(rows: int = 3) -> str:
+    """Publishes progress and where its file is, then waits for a go before it ends."""
+    publish("stage", "exporting")
+    path = export(rows)
+    publish("file", {"path": path})
+    publish("stage", "exported")
+    receive("finish")
+    return path

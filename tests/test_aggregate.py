@@ -164,6 +164,13 @@ CASES: dict[type[ev.RunEvent], Case] = {
                    and r.steps["receive#0"].status is StepStatus.COMPLETED
                    and r.steps["receive#0"].output == {"ok": True}) or pytest.fail("received"),
     ),
+    ev.ValuePublished: (
+        started,
+        lambda r: r.publish("publish#0", "export", {"path": "out.csv"}, at=T, worker=W),
+        lambda r: (r.state.published == {"export": {"path": "out.csv"}}
+                   and r.steps["publish#0"].status is StepStatus.COMPLETED)
+        or pytest.fail("published"),
+    ),
 }
 
 

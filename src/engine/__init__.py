@@ -40,6 +40,7 @@ from engine.errors import (
 from engine.identity import load_workflow, run_id_for_key
 from engine.messages import MessageConflictError, SendOutcome, receive
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
+from engine.published import NotPublishedError, publish
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
@@ -63,6 +64,7 @@ __all__ = [
     "MessageConflictError",
     "NonDeterminismError",
     "NonRetryableError",
+    "NotPublishedError",
     "OutputEncodingError",
     "Placement",
     "Preempted",
@@ -96,6 +98,7 @@ __all__ = [
     "gather",
     "load_workflow",
     "patched",
+    "publish",
     "receive",
     "run_id_for_key",
     "signals_request_preemption",

@@ -79,6 +79,7 @@ class RunState(BaseModel):
     # -- messages, docs/messages.md --
     awaiting: str | None = None  # the topic a waiting `receive()` waits on
     received: list[str] = []  # ids of the messages consumed, each exactly once
+    published: dict[str, Any] = {}  # the latest value of each key `publish()` recorded
 
 
 class RunCommandError(EngineError):
@@ -198,6 +199,11 @@ class WorkflowRun(BaseAggregate[UUID]):
             raise RunCommandError(f"run {self.id}: message {message_id!r} was consumed already")
         self._trigger(ev.MessageReceived, at, worker, step_key=key, topic=topic,
                       message_id=message_id, payload=payload, sent_at=sent_at)
+
+    def publish(self, key: str, name: str, value: Any, *, at: datetime, worker: str) -> None:
+        if key in self.state.steps:
+            raise RunCommandError(f"run {self.id}: {key} was published already")
+        self._trigger(ev.ValuePublished, at, worker, step_key=key, key=name, value=value)
 
     def mark_patch(self, change_id: str, *, at: datetime, worker: str) -> None:
         self._trigger(ev.PatchMarked, at, worker, change_id=change_id)
@@ -343,6 +349,12 @@ class WorkflowRun(BaseAggregate[UUID]):
                 )
                 if event.message_id is not None:
                     s.received.append(event.message_id)
+            case ev.ValuePublished():
+                s.published[event.key] = event.value
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="publish", attempt=0,
+                    status=StepStatus.COMPLETED, started_at=event.timestamp, output=event.value,
+                )
             case ev.RunPreempted():
                 s.last_reason = event.reason
             case ev.RunCompleted():

@@ -36,6 +36,7 @@ from engine.messages import SendOutcome, wake_if_delivered
 from engine.messages import send as send_message
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
+from engine.published import read_published
 from engine.reads import RunReads
 from engine.results import RunResult
 from engine.settings import Settings
@@ -260,6 +261,11 @@ class Engine(RunReads):
         once by the run's `receive(topic)`; the same `message_id` again is a no-op. Errors
         for an unknown or finished run, a bad topic or payload; nothing written then."""
         return send_message(self, run_id, topic, payload, message_id=message_id)
+
+    def read_published(self, run_id: UUID, key: str, *, wait: float | None = None) -> Any:
+        """The latest value the run `publish`ed for `key` (from its log), waiting up to `wait`
+        seconds for it; `NotPublishedError` if it is not there (docs/messages.md)."""
+        return read_published(self, run_id, key, wait=wait)
 
     def drive_claimed(
         self,

@@ -262,6 +262,18 @@ class MessageReceived(RunEvent):
         return f"message {self.message_id!r} on {self.topic!r}: {short(self.payload, 50)}"
 
 
+class ValuePublished(RunEvent):
+    """`publish(key, value)`: the run's latest value for `key`, readable before the run ends
+    (`engine.read_published`, the API). Positional like a step, so replay records it once."""
+
+    step_key: str
+    key: str
+    value: Any
+
+    def summary(self) -> str:
+        return f"{self.key} = {short(self.value, 50)}"
+
+
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
 
 
@@ -318,4 +330,5 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     TimerFired,
     MessageAwaited,
     MessageReceived,
+    ValuePublished,
 )

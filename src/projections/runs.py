@@ -27,6 +27,7 @@ from engine.events import (
     StepStarted,
     TimerFired,
     TimerStarted,
+    ValuePublished,
 )
 from engine.status import RunStatus, StepStatus
 from projections.facts import Fact
@@ -82,7 +83,7 @@ def _new_row(run_id: str) -> dict[str, Any]:
 _CASES: Events = frozenset({
     StepStarted, StepCheckpointed, StepCompleted, StepFailed, StepPreempted, TimerStarted,
     TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed, RunCancelled,
-    RunTimedOut, MessageAwaited, MessageReceived,
+    RunTimedOut, MessageAwaited, MessageReceived, ValuePublished,
 })
 _HANDLES = _CASES | frozenset(STATUS_TEXT_AFTER)
 _RUNNING, _FAILED, _PREEMPTED, _WAITING = (
@@ -170,7 +171,7 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind is RunPreempted:
         row["preemptions"] += 1
         row["interruptions"] += 1
-    elif kind is StepReused:  # audit: a fork took the parent's output; no attempt ran
+    elif kind is StepReused or kind is ValuePublished:  # done at once, no attempt ran
         row["steps_started"] += 1
         row["steps_done"] += 1
     elif kind is RunParked:  # audit: why it waits, where the views show errors
