@@ -15,6 +15,10 @@ try:
     from engine.durable import sleep
 except ImportError:  # pragma: no cover - releases before durable sleep
     sleep = None  # type: ignore[assignment]
+try:
+    from engine import publish, receive
+except ImportError:  # pragma: no cover - releases before messages (r3)
+    publish = receive = None  # type: ignore[assignment]
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.0, jitter=0.0)
 FLAGS = {"flaky_failures": 0, "preempt": False, "broken": False}
@@ -73,3 +77,15 @@ def with_sleep(n: int) -> int:
     if sleep is not None:
         sleep(0.01)
     return first + count(n + 1)
+
+
+@workflow("golden-messages")
+def with_messages(n: int) -> dict[str, Any]:
+    """r3: a message taken at once, one waited for, a receive that timed out, two publishes."""
+    first = count(n)
+    publish("stage", "counted")
+    ready = receive("ready")  # sent before the run asked
+    go = receive("go")  # sent while the run waited
+    late = receive("never", timeout=0.01)  # nobody sends it: None
+    publish("stage", "done")
+    return {"first": first, "ready": ready, "go": go, "late": late}

@@ -23,7 +23,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 
 import goldenwf
-from goldenwf import FLAGS, basic, basic_reordered, with_patch, with_sleep
+from goldenwf import FLAGS, basic, basic_reordered, with_messages, with_patch, with_sleep
 
 from engine import Engine, Settings
 from engine.driver import utc_now
@@ -72,7 +72,23 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
         runs.append(("slept", engine.run(with_sleep, {"n": 1}).run_id))
     if goldenwf.patched is not None:
         runs.extend(audit_runs(engine, failed))
+    if goldenwf.receive is not None:
+        runs.append(("messages", message_run(engine)))
     return runs
+
+
+def message_run(engine: Engine) -> Any:
+    """r3: messages and published values (docs/messages.md), the wait as a worker has it."""
+    import time
+
+    rid = engine.start(with_messages, {"n": 2})
+    engine.send(rid, "ready", {"ok": True}, message_id="ready-1")
+    engine.leases.claim_run(rid, engine.settings.worker_id, 30, workflow="golden-messages",
+                            queue="default")
+    engine.drive_claimed(rid, since=time.monotonic(), suspend_after_s=1.0)  # waits for "go"
+    engine.send(rid, "go", "now", message_id="go-1")
+    engine.resume(rid)
+    return rid
 
 
 def audit_runs(engine: Engine, failed: Any) -> list[tuple[str, Any]]:

@@ -2,7 +2,9 @@
 
 Each directory here holds a log (`stepstone export` format) and what the release that wrote
 it read back from it. r1 was written by the release before hash chains and forks (its
-RunStarted events are class version 1, upcast on read); r2 by the release that added them.
+RunStarted events are class version 1, upcast on read); r2 by the release that added them; r3
+by the release that added messages and published values (MessageAwaited, MessageReceived,
+ValuePublished).
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ def _load(engine: Engine, release: str) -> dict[str, Any]:
 
 
 def test_every_release_is_here() -> None:
-    assert RELEASES[:2] == ["r1", "r2"]
+    assert RELEASES[:3] == ["r1", "r2", "r3"]
+
+
+def test_r3_holds_the_message_events() -> None:
+    kinds = {r["type"] for r in read_records(GOLDEN / "r3" / "log.jsonl")}
+    assert {"MessageAwaited", "MessageReceived", "ValuePublished"} <= kinds
 
 
 @pytest.mark.parametrize("release", RELEASES)
