@@ -39,6 +39,7 @@ from engine.preemption import PreemptionToken
 from engine.published import read_published
 from engine.reads import RunReads
 from engine.results import RunResult
+from engine.schedules import Schedule, add_schedule
 from engine.settings import Settings
 from engine.status import STOPPED
 from engine.stopping import CancelRequest
@@ -261,6 +262,14 @@ class Engine(RunReads):
         once by the run's `receive(topic)`; the same `message_id` again is a no-op. Errors
         for an unknown or finished run, a bad topic or payload; nothing written then."""
         return send_message(self, run_id, topic, payload, message_id=message_id)
+
+    def schedule(self, workflow: Workflow[..., Any], cron: str,
+                 input: Mapping[str, Any] | None = None, *, name: str | None = None,
+                 timezone: str = "UTC", missed: str = "latest") -> Schedule:
+        """Start `workflow` on every tick of `cron` in `timezone`, one run per tick across all
+        workers (which fire the ticks); `missed`: latest, all or skip (engine.schedules)."""
+        return add_schedule(self, workflow, cron, input, name=name, timezone=timezone,
+                            missed=missed)
 
     def read_published(self, run_id: UUID, key: str, *, wait: float | None = None) -> Any:
         """The latest value the run `publish`ed for `key` (from its log), waiting up to `wait`

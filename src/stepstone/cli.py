@@ -55,6 +55,7 @@ from stepstone.common import (
 from stepstone.control_cli import cancel
 from stepstone.messages_cli import send
 from stepstone.projections_cli import projections
+from stepstone.schedules_cli import schedules
 from stepstone.serve_cli import serve
 from stepstone.timeline import show_timeline
 from stepstone.worker_cli import worker
@@ -302,6 +303,7 @@ def history(run_id: str, database_url: str | None, as_json: bool) -> None:
 
 main.add_command(cancel)
 main.add_command(send)
+main.add_command(schedules)
 main.add_command(projections)
 main.add_command(worker)
 main.add_command(serve)

@@ -60,6 +60,7 @@ class SqliteDb:
             "sweep": "stepstone_queue_sweep",
             "cancels": "stepstone_cancel_requests",
             "messages": "stepstone_messages",
+            "schedules": "stepstone_schedules",
         }
 
     @contextmanager
@@ -119,6 +120,7 @@ class PostgresDb:
             "sweep": q("stepstone_queue_sweep"),
             "cancels": q("stepstone_cancel_requests"),
             "messages": q("stepstone_messages"),
+            "schedules": q("stepstone_schedules"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
         }
 
