@@ -27,6 +27,13 @@ def nightly(region: str = "eu") -> str:
     return report(region)
 
 
+@workflow("hourly-paris", schedule="0 * * * *", schedule_tz="Europe/Paris",
+          schedule_missed="skip")
+def hourly(region: str = "fr") -> str:
+    """Declared on the decorator: a worker that imports this module declares the schedule."""
+    return report(region)
+
+
 if __name__ == "__main__":
     url, start, minutes = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3])
     with Engine(Settings(database_url=url, worker_id=f"ticker-{time.time_ns()}")) as engine:

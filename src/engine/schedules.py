@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from croniter import CroniterError, croniter
 
+from engine.definitions import Workflow
 from engine.errors import EngineError, InvalidInputError
 from engine.identity import load_workflow
 from engine.logcontext import get_logger
@@ -38,7 +40,6 @@ from engine.messages import check_name
 from engine.storage import SCHEMA_LOCK_KEY
 
 if TYPE_CHECKING:
-    from engine.definitions import Workflow
     from engine.engine import Engine
     from engine.storage.index_db import Cursor
     from engine.workers.leases import LeaseStore
@@ -140,6 +141,19 @@ def add_schedule(engine: Engine, workflow: Workflow[..., Any], cron: str,
         "workflow = excluded.workflow, entrypoint = excluded.entrypoint, cron = excluded.cron, "
         "timezone = excluded.timezone, input = excluded.input, missed = excluded.missed"), row))
     return get_schedule(engine, name)
+
+
+def declare_schedules(engine: Engine, modules: Iterable[ModuleType]) -> list[Schedule]:
+    """Create or update the schedules of the `@workflow(schedule=...)` workflows in
+    `modules` (a worker calls this for its `--import`s), named after their workflows."""
+    declared = []
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, Workflow) and value.schedule is not None:
+                declared.append(add_schedule(
+                    engine, value, value.schedule, {}, timezone=value.schedule_tz,
+                    missed=value.schedule_missed))
+    return declared
 
 
 def list_schedules(engine: Engine) -> list[Schedule]:

@@ -17,6 +17,7 @@ from engine import Engine, InvalidInputError, Settings, run_id_for_key
 from engine.schedules import (
     ScheduleNotFoundError,
     add_schedule,
+    declare_schedules,
     fire_due,
     get_schedule,
     list_schedules,
@@ -93,6 +94,15 @@ def test_time_zones_pause_and_resume(engine: Engine) -> None:
         set_paused(engine, "nope", True)
 
 
+def test_a_decorated_workflow_declares_its_schedule(engine: Engine) -> None:
+    (declared,) = declare_schedules(engine, [schedwf])
+    assert (declared.name, declared.cron, declared.timezone, declared.missed) == (
+        "hourly-paris", "0 * * * *", "Europe/Paris", "skip")
+    set_paused(engine, "hourly-paris", True)
+    declare_schedules(engine, [schedwf])  # a worker restarting keeps it paused
+    assert get_schedule(engine, "hourly-paris").paused
+
+
 def test_bad_schedules_are_refused(engine: Engine) -> None:
     for cron, tz, missed in [("61 * * * *", "UTC", "latest"), ("0 2 * * *", "Mars/Olympus",
                                                               "latest"),
@@ -151,6 +161,8 @@ def test_a_worker_fires_the_ticks_and_drives_their_runs(store_url: str, procs: A
                     and (i.idempotency_key or "").startswith("schedule:every-second:")]
 
         wait_until(lambda: len(completed()) >= 2, "two scheduled runs done by the worker")
+        # The worker declared the schedule its --import module carries on its decorator.
+        assert "hourly-paris" in [s.name for s in list_schedules(engine)]
         assert {i.output for i in completed()} == {"report for ap"}
         set_paused(engine, "every-second", True)
     worker.terminate()
