@@ -172,3 +172,15 @@ def test_sends_to_finished_or_unknown_runs_and_bad_input_write_nothing(engine: E
 def test_receive_outside_a_run_says_where_it_belongs() -> None:
     with pytest.raises(RuntimeError, match="call it from a workflow body"):
         receive("approval")
+
+
+def test_the_deploy_check_replays_a_run_waiting_for_a_message(engine: Engine) -> None:
+    from engine.audit.replay_check import check_run
+
+    run_id = engine.start(msgwf.approval, {"table": "orders"})
+    drive_as_worker(engine, run_id)
+    waiting = check_run(engine.store.load(run_id), msgwf.approval)
+    assert (waiting.outcome, waiting.next_step) == ("resumes", "receive#0")
+    engine.send(run_id, "approval", "yes")
+    drive_as_worker(engine, run_id)
+    assert check_run(engine.store.load(run_id), msgwf.approval).outcome == "replays"

@@ -101,6 +101,12 @@ class _CheckingDriver(RunDriver):
         if recorded is None or recorded.status is not StepStatus.COMPLETED:
             raise _NewHistory(key)
 
+    def receive(self, topic: str, timeout_s: float | None) -> Any:
+        key, recorded = self.next_position("receive")
+        if recorded is None or recorded.status is not StepStatus.COMPLETED:
+            raise _NewHistory(key)  # a resume waits for (or takes) a message from here
+        return recorded.output
+
     def wait_until(self, due: datetime) -> None:
         raise _NewHistory(None)  # a retry or a timer is due: a resume goes on from here
 
