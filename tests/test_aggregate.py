@@ -171,7 +171,29 @@ CASES: dict[type[ev.RunEvent], Case] = {
                    and r.steps["publish#0"].status is StepStatus.COMPLETED)
         or pytest.fail("published"),
     ),
+    ev.ChildStarted: (
+        started,
+        lambda r: r.start_child("child#0", uuid.UUID(int=7), "kid", at=T, worker=W),
+        lambda r: (r.status is RunStatus.WAITING and r.state.children == {
+            "child#0": uuid.UUID(int=7)} and r.steps["child#0"].status is StepStatus.WAITING)
+        or pytest.fail("child started"),
+    ),
+    ev.ChildFinished: (
+        lambda: _with_child(started()),
+        lambda r: r.finish_child("child#0", "failed", None, "ValueError", "bad", at=T,
+                                 worker=W),
+        lambda r: (r.status is RunStatus.RUNNING
+                   and r.steps["child#0"].status is StepStatus.FAILED
+                   and r.steps["child#0"].error is not None
+                   and r.steps["child#0"].error.error_type == "ValueError")
+        or pytest.fail("child finished"),
+    ),
 }
+
+
+def _with_child(run: WorkflowRun) -> WorkflowRun:
+    run.start_child("child#0", uuid.UUID(int=7), "kid", at=T, worker=W)
+    return run
 
 
 def _awaiting(run: WorkflowRun) -> WorkflowRun:
@@ -306,3 +328,13 @@ def test_a_message_is_consumed_once_and_a_receive_completes_once() -> None:
         run.receive_message("receive#1", "approval", "m1", 1, T, at=T, worker=W)
     run.receive_message("receive#1", "approval", None, None, None, at=T, worker=W)  # timed out
     assert run.state.received == ["m1"]
+
+
+def test_a_child_is_started_once_and_finished_once() -> None:
+    run = _with_child(started())
+    with pytest.raises(RunCommandError, match="started already"):
+        run.start_child("child#0", uuid.UUID(int=8), "kid", at=T, worker=W)
+    run.finish_child("child#0", "completed", 3, None, None, at=T, worker=W)
+    assert run.steps["child#0"].output == 3
+    with pytest.raises(RunCommandError, match="no child child#0 is waited for"):
+        run.finish_child("child#0", "completed", 3, None, None, at=T, worker=W)

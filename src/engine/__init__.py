@@ -8,6 +8,7 @@ The public surface is below; everything else is private to the package.
 from engine.aggregate import WorkflowRun
 from engine.audit.patching import patched
 from engine.audit.replay_check import CheckResult, check_history
+from engine.children import ChildFailedError, child
 from engine.context import StepContext, step_context
 from engine.control import CancelOutcome
 from engine.definitions import Step, StepCall, Workflow, step, workflow
@@ -53,6 +54,7 @@ __all__ = [
     "CancelOutcome",
     "CancelPendingError",
     "CheckResult",
+    "ChildFailedError",
     "ConfigurationError",
     "DamagedLogError",
     "Engine",
@@ -95,6 +97,7 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowRun",
     "check_history",
+    "child",
     "gather",
     "load_workflow",
     "patched",

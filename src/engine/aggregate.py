@@ -80,6 +80,7 @@ class RunState(BaseModel):
     awaiting: str | None = None  # the topic a waiting `receive()` waits on
     received: list[str] = []  # ids of the messages consumed, each exactly once
     published: dict[str, Any] = {}  # the latest value of each key `publish()` recorded
+    children: dict[str, UUID] = {}  # child run of each `child()` call, by its step key
 
 
 class RunCommandError(EngineError):
@@ -204,6 +205,23 @@ class WorkflowRun(BaseAggregate[UUID]):
         if key in self.state.steps:
             raise RunCommandError(f"run {self.id}: {key} was published already")
         self._trigger(ev.ValuePublished, at, worker, step_key=key, key=name, value=value)
+
+    def start_child(self, key: str, child_run_id: UUID, workflow: str, *, at: datetime,
+                    worker: str) -> None:
+        if key in self.state.children:
+            raise RunCommandError(f"run {self.id}: child {key} was started already")
+        self._trigger(ev.ChildStarted, at, worker, step_key=key, child_run_id=child_run_id,
+                      workflow=workflow)
+
+    def finish_child(self, key: str, status: str, output: Any, error_type: str | None,
+                     message: str | None, *, at: datetime, worker: str) -> None:
+        child = self.state.steps.get(key)
+        if key not in self.state.children or child is None \
+                or child.status is not StepStatus.WAITING:
+            raise RunCommandError(f"run {self.id}: no child {key} is waited for")
+        self._trigger(ev.ChildFinished, at, worker, step_key=key,
+                      child_run_id=self.state.children[key], status=status, output=output,
+                      error_type=error_type, message=message)
 
     def mark_patch(self, change_id: str, *, at: datetime, worker: str) -> None:
         self._trigger(ev.PatchMarked, at, worker, change_id=change_id)
@@ -355,6 +373,22 @@ class WorkflowRun(BaseAggregate[UUID]):
                     key=event.step_key, name="publish", attempt=0,
                     status=StepStatus.COMPLETED, started_at=event.timestamp, output=event.value,
                 )
+            case ev.ChildStarted():
+                s.children[event.step_key] = event.child_run_id
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="child", attempt=0, status=StepStatus.WAITING,
+                    started_at=event.timestamp,
+                )
+            case ev.ChildFinished():
+                step = s.steps[event.step_key]
+                if event.status == RunStatus.COMPLETED.value:
+                    step.status = StepStatus.COMPLETED
+                    step.output = event.output
+                else:  # the parent's call raises it every time it replays
+                    step.status = StepStatus.FAILED
+                    step.error = ErrorInfo(error_type=event.error_type or event.status,
+                                           message=event.message or "", step_key=event.step_key)
+                    step.output = event.status
             case ev.RunPreempted():
                 s.last_reason = event.reason
             case ev.RunCompleted():

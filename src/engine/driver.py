@@ -52,6 +52,7 @@ from engine.tracing import TRACER
 from engine.unwinding import Abandon, Halt, Suspend
 
 if TYPE_CHECKING:
+    from engine.engine import Engine
     from engine.workers.leases import LeaseStore
 
 log = get_logger("stepstone.engine")
@@ -138,6 +139,8 @@ class RunDriver:
         self._lock = threading.RLock()
         self.inbox: LeaseStore | None = None
         """Where `receive()` finds the run's messages (engine.messages); set by the engine."""
+        self.child_engine: Engine | None = None
+        """What starts and reads child runs (engine.children); set by the engine."""
 
     # -- recording ------------------------------------------------------------------------
     def record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
@@ -516,6 +519,12 @@ class RunDriver:
 
         return receive_in(self, topic, timeout_s)
 
+    def child(self, workflow: Workflow[..., Any], input: Any) -> Any:
+        """Run a child workflow and wait for it; see `engine.children`."""
+        from engine.children import child_in  # it builds on this module
+
+        return child_in(self, workflow, input)
+
     # -- fan-out --------------------------------------------------------------------------
     def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
         """Run independent steps in parallel (at most `limit` at once); see `engine.fanout`."""
@@ -600,9 +609,9 @@ def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
         return ev.ResumeReason.AFTER_PREEMPTION
     if run.status is RunStatus.PARKED:  # audit: compatible code is back
         return ev.ResumeReason.AFTER_PARKING
-    if run.status is RunStatus.WAITING:
-        return (ev.ResumeReason.TIMER_DUE if run.state.awaiting is None
-                else ev.ResumeReason.MESSAGE_WAIT)
+    if run.status is RunStatus.WAITING:  # the newest step is what it waits on
+        waits = {"receive": ev.ResumeReason.MESSAGE_WAIT, "child": ev.ResumeReason.CHILD_WAIT}
+        return waits.get(next(reversed(run.steps.values())).name, ev.ResumeReason.TIMER_DUE)
     last = next(reversed(run.steps.values()), None)
     if last is not None and last.status is StepStatus.FAILED and last.retryable:
         return ev.ResumeReason.RETRY_DUE

@@ -11,6 +11,7 @@ from uuid import UUID
 
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
+from engine.children import cancel_children, wake_parent_or_self
 from engine.control import CancelOutcome
 from engine.control import cancel as cancel_run
 from engine.definitions import Workflow
@@ -250,11 +251,15 @@ class Engine(RunReads):
         )
 
     def cancel(self, run_id: UUID, *, reason: str = "cancelled", by: str | None = None,
-               wait_s: float = 0.0) -> CancelOutcome:
+               wait_s: float = 0.0, children: bool = True) -> CancelOutcome:
         """Cancel a run wherever it is (docs/controlling-runs.md): at once if nobody drives
         it, else at its holder's next checkpoint or step boundary (waiting up to `wait_s` for
-        that). `RunFinishedError` for a finished run, nothing written."""
-        return cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
+        that). `RunFinishedError` for a finished run, nothing written. Its unfinished child
+        runs are cancelled too, unless `children` is False (docs/messages.md)."""
+        outcome = cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
+        if children:
+            cancel_children(self, self.store.load(run_id), reason, by)
+        return outcome
 
     def send(self, run_id: UUID, topic: str, payload: Any, *,
              message_id: str | None = None) -> SendOutcome:
@@ -383,6 +388,7 @@ class Engine(RunReads):
             limits=self.settings.run_limits(),
         )
         driver.inbox = self.leases
+        driver.child_engine = self
         try:
             result = driver.drive()
         except NonDeterminismError as e:
@@ -412,6 +418,7 @@ class Engine(RunReads):
         else:
             self._release(run_id, state=READY, at=result.resume_at)
             wake_if_delivered(self.leases, driver.run)  # a message sent while it was held
+        wake_parent_or_self(self, driver.run)  # a child's end, seen by parent or child
         return result
 
     def _cancel_check(

@@ -35,6 +35,7 @@ class ResumeReason(StrEnum):
     STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
     FORCED = "forced"  # `resume --force` reopened a cancelled or timed-out run
     MESSAGE_WAIT = "message_wait"  # a run waiting in `receive()`: a message, its timeout, a look
+    CHILD_WAIT = "child_wait"  # a run waiting for a child run: it ended, or a periodic look
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -274,6 +275,38 @@ class ValuePublished(RunEvent):
         return f"{self.key} = {short(self.value, 50)}"
 
 
+# -- child workflows, docs/messages.md ------------------------------------------------------------
+
+
+class ChildStarted(RunEvent):
+    """`child(workflow, input)` started (or found) the child run: its id comes from this run's
+    id and `step_key`, so replay finds the same child. The parent waits for it, no worker held."""
+
+    step_key: str
+    child_run_id: UUID
+    workflow: str
+
+    def summary(self) -> str:
+        return f"child {self.workflow} run {self.child_run_id}"
+
+
+class ChildFinished(RunEvent):
+    """The child run ended: its output, or (failed, cancelled, timed out) its error, which the
+    parent's `child()` call raises as `ChildFailedError`."""
+
+    step_key: str
+    child_run_id: UUID
+    status: str
+    output: Any
+    error_type: str | None
+    message: str | None
+
+    def summary(self) -> str:
+        if self.status == "completed":
+            return f"child {self.child_run_id} completed: {short(self.output, 50)}"
+        return f"child {self.child_run_id} {self.status}: {self.error_type}: {self.message}"
+
+
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
 
 
@@ -331,4 +364,6 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     MessageAwaited,
     MessageReceived,
     ValuePublished,
+    ChildStarted,
+    ChildFinished,
 )

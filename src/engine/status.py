@@ -64,6 +64,8 @@ STATUS_AFTER: dict[type[ev.RunEvent], RunStatus] = {
     ev.TimerFired: RunStatus.RUNNING,
     ev.MessageAwaited: RunStatus.WAITING,
     ev.MessageReceived: RunStatus.RUNNING,
+    ev.ChildStarted: RunStatus.WAITING,
+    ev.ChildFinished: RunStatus.RUNNING,
     ev.RunPreempted: RunStatus.PREEMPTED,
     ev.RunCompleted: RunStatus.COMPLETED,
     ev.RunFailed: RunStatus.FAILED,

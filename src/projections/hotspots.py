@@ -59,7 +59,7 @@ class HotspotsView(View):
     handles = _KINDS
     ignores = frozenset({  # it counts attempts, knowing their run's workflow
         ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.MessageAwaited,
-        ev.MessageReceived, ev.ValuePublished, ev.RunPreempted,
+        ev.MessageReceived, ev.ValuePublished, ev.ChildStarted, ev.ChildFinished, ev.RunPreempted,
         ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut, ev.PatchMarked,
         ev.StepReused, ev.RunParked,
     })

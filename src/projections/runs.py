@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.events import (
+    ChildFinished,
+    ChildStarted,
     MessageAwaited,
     MessageReceived,
     PatchMarked,
@@ -83,7 +85,7 @@ def _new_row(run_id: str) -> dict[str, Any]:
 _CASES: Events = frozenset({
     StepStarted, StepCheckpointed, StepCompleted, StepFailed, StepPreempted, TimerStarted,
     TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed, RunCancelled,
-    RunTimedOut, MessageAwaited, MessageReceived, ValuePublished,
+    RunTimedOut, MessageAwaited, MessageReceived, ValuePublished, ChildStarted, ChildFinished,
 })
 _HANDLES = _CASES | frozenset(STATUS_TEXT_AFTER)
 _RUNNING, _FAILED, _PREEMPTED, _WAITING = (
@@ -152,7 +154,7 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind is StepPreempted:
         if d["step_key"] == row["current_step"]:
             row["current_step_status"] = _PREEMPTED
-    elif kind is TimerStarted or kind is MessageAwaited:  # a step that waits, not works
+    elif kind is TimerStarted or kind is MessageAwaited or kind is ChildStarted:  # waits
         row["steps_started"] += 1
         row["current_step"] = d["step_key"]
         row["current_step_status"] = _WAITING
@@ -160,7 +162,7 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind is MessageReceived and d["step_key"] != row["current_step"]:
         row["steps_started"] += 1  # taken at once, without waiting: started and done
         row["steps_done"] += 1
-    elif kind is TimerFired or kind is MessageReceived:
+    elif kind is TimerFired or kind is MessageReceived or kind is ChildFinished:
         row["steps_done"] += 1
         if d["step_key"] == row["current_step"]:
             _leave_step(row)
