@@ -23,7 +23,15 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 
 import goldenwf
-from goldenwf import FLAGS, basic, basic_reordered, with_messages, with_patch, with_sleep
+from goldenwf import (
+    FLAGS,
+    basic,
+    basic_reordered,
+    with_children,
+    with_messages,
+    with_patch,
+    with_sleep,
+)
 
 from engine import Engine, Settings
 from engine.driver import utc_now
@@ -74,6 +82,8 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
         runs.extend(audit_runs(engine, failed))
     if goldenwf.receive is not None:
         runs.append(("messages", message_run(engine)))
+    if goldenwf.child is not None:
+        runs.append(("children", engine.run(with_children, {"n": 2}).run_id))
     return runs
 
 

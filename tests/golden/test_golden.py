@@ -3,8 +3,8 @@
 Each directory here holds a log (`stepstone export` format) and what the release that wrote
 it read back from it. r1 was written by the release before hash chains and forks (its
 RunStarted events are class version 1, upcast on read); r2 by the release that added them; r3
-by the release that added messages and published values (MessageAwaited, MessageReceived,
-ValuePublished).
+by the release that added messages, published values and child workflows (MessageAwaited,
+MessageReceived, ValuePublished, ChildStarted, ChildFinished).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def test_every_release_is_here() -> None:
 
 def test_r3_holds_the_message_events() -> None:
     kinds = {r["type"] for r in read_records(GOLDEN / "r3" / "log.jsonl")}
-    assert {"MessageAwaited", "MessageReceived", "ValuePublished"} <= kinds
+    assert {"MessageAwaited", "MessageReceived", "ValuePublished", "ChildStarted",
+            "ChildFinished"} <= kinds
 
 
 @pytest.mark.parametrize("release", RELEASES)
