@@ -159,6 +159,47 @@ CASES: dict[type[ev.RunEvent], Case] = {
                    and r.state.checkpoint_meta["a#0"].discarded == [(3, 3)])
         or pytest.fail("validated"),
     ),
+    ev.MessageAwaited: (
+        started,
+        lambda r: r.await_message("receive#0", "approval", T + timedelta(hours=1), at=T,
+                                  worker=W),
+        lambda r: (r.status is RunStatus.WAITING and r.state.awaiting == "approval"
+                   and r.steps["receive#0"].wake_at == T + timedelta(hours=1))
+        or pytest.fail("awaited"),
+    ),
+    ev.MessageReceived: (
+        lambda: _awaiting(started()),
+        lambda r: r.receive_message("receive#0", "approval", "m1", {"ok": True}, T, at=T,
+                                    worker=W),
+        lambda r: (r.status is RunStatus.RUNNING and r.state.awaiting is None
+                   and r.state.received == ["m1"]
+                   and r.steps["receive#0"].status is StepStatus.COMPLETED
+                   and r.steps["receive#0"].output == {"ok": True}) or pytest.fail("received"),
+    ),
+    ev.ValuePublished: (
+        started,
+        lambda r: r.publish("publish#0", "export", {"path": "out.csv"}, at=T, worker=W),
+        lambda r: (r.state.published == {"export": {"path": "out.csv"}}
+                   and r.steps["publish#0"].status is StepStatus.COMPLETED)
+        or pytest.fail("published"),
+    ),
+    ev.ChildStarted: (
+        started,
+        lambda r: r.start_child("child#0", uuid.UUID(int=7), "kid", at=T, worker=W),
+        lambda r: (r.status is RunStatus.WAITING and r.state.children == {
+            "child#0": uuid.UUID(int=7)} and r.steps["child#0"].status is StepStatus.WAITING)
+        or pytest.fail("child started"),
+    ),
+    ev.ChildFinished: (
+        lambda: _with_child(started()),
+        lambda r: r.finish_child("child#0", "failed", None, "ValueError", "bad", at=T,
+                                 worker=W),
+        lambda r: (r.status is RunStatus.RUNNING
+                   and r.steps["child#0"].status is StepStatus.FAILED
+                   and r.steps["child#0"].error is not None
+                   and r.steps["child#0"].error.error_type == "ValueError")
+        or pytest.fail("child finished"),
+    ),
 }
 
 
@@ -166,6 +207,16 @@ def _checkpointed(run: WorkflowRun) -> WorkflowRun:
     for n in (1, 2, 3):
         run.checkpoint_step("a#0", 1, n, {"offset": n}, None, None, at=T, worker=W,
                             effects=[f"row-{n}"])
+    return run
+
+
+def _with_child(run: WorkflowRun) -> WorkflowRun:
+    run.start_child("child#0", uuid.UUID(int=7), "kid", at=T, worker=W)
+    return run
+
+
+def _awaiting(run: WorkflowRun) -> WorkflowRun:
+    run.await_message("receive#0", "approval", None, at=T, worker=W)
     return run
 
 
@@ -285,3 +336,24 @@ def test_a_forced_resume_of_a_running_run_is_refused() -> None:
     run = running_step(started())
     with pytest.raises(RunCommandError, match="only a cancelled or timed-out run"):
         run.resume(ev.ResumeReason.FORCED, at=T, worker=W)
+
+
+def test_a_message_is_consumed_once_and_a_receive_completes_once() -> None:
+    run = _awaiting(started())
+    run.receive_message("receive#0", "approval", "m1", 1, T, at=T, worker=W)
+    with pytest.raises(RunCommandError, match="received already"):
+        run.receive_message("receive#0", "approval", "m2", 2, T, at=T, worker=W)
+    with pytest.raises(RunCommandError, match="consumed already"):
+        run.receive_message("receive#1", "approval", "m1", 1, T, at=T, worker=W)
+    run.receive_message("receive#1", "approval", None, None, None, at=T, worker=W)  # timed out
+    assert run.state.received == ["m1"]
+
+
+def test_a_child_is_started_once_and_finished_once() -> None:
+    run = _with_child(started())
+    with pytest.raises(RunCommandError, match="started already"):
+        run.start_child("child#0", uuid.UUID(int=8), "kid", at=T, worker=W)
+    run.finish_child("child#0", "completed", 3, None, None, at=T, worker=W)
+    assert run.steps["child#0"].output == 3
+    with pytest.raises(RunCommandError, match="no child child#0 is waited for"):
+        run.finish_child("child#0", "completed", 3, None, None, at=T, worker=W)

@@ -111,6 +111,22 @@ class StepAttemptPage(_Model):
     next_cursor: str | None
 
 
+class PublishedValue(_Model):
+    """A run's latest value for one key it `publish`ed (docs/messages.md)."""
+
+    key: str
+    value: Any
+    step_key: str
+    published_at: datetime
+    position: int
+
+
+class PublishedPage(_Model):
+    run_id: UUID
+    items: list[PublishedValue] = Field(description="by key")
+    next_cursor: str | None
+
+
 class Event(_Model):
     """One event of a run, straight from the log: its global position and every field."""
 

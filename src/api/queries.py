@@ -44,8 +44,8 @@ def columns_of(spec: Table, names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-RUNS, ATTEMPTS, STATS, HOTSPOTS = (
-    VIEW_TABLES[v] for v in ("runs", "step_attempts", "workflow_stats", "hotspots")
+RUNS, ATTEMPTS, STATS, HOTSPOTS, PUBLISHED = (
+    VIEW_TABLES[v] for v in ("runs", "step_attempts", "workflow_stats", "hotspots", "published")
 )
 # A `Run` is the runs view's columns of the same names, in the model's field order, and three
 # fields made of other columns (`_RUN_SOURCES`); the query selects those as NULL placeholders,
@@ -63,6 +63,7 @@ STATS_COLUMNS = columns_of(STATS, tuple(m.WorkflowStats.model_fields))
 HOTSPOT_COLUMNS = columns_of(
     HOTSPOTS, tuple(f for f in m.Hotspot.model_fields if f != "interruptions")
 )
+PUBLISHED_COLUMNS = columns_of(PUBLISHED, tuple(m.PublishedValue.model_fields))
 _COMPLETED = RunStatus.COMPLETED.value
 
 
@@ -90,8 +91,9 @@ class Reads:
         self._limiter: anyio.CapacityLimiter | None = None
         self.mapper = PydanticMapper(transcoder=OrjsonTranscoder())
         q = store.qualify
-        self.runs, self.attempts, self.stats, self.hotspots = (
-            q(f"{DEFAULT_PREFIX}_{spec.name}") for spec in (RUNS, ATTEMPTS, STATS, HOTSPOTS)
+        self.runs, self.attempts, self.stats, self.hotspots, self.published = (
+            q(f"{DEFAULT_PREFIX}_{spec.name}")
+            for spec in (RUNS, ATTEMPTS, STATS, HOTSPOTS, PUBLISHED)
         )
         self.log = LogReader(store.fetch, store.dialect)
         self.tracking = store.dialect.view_tracking_table
@@ -244,6 +246,24 @@ class Reads:
             items=items,
             next_cursor=_encode_cursor(offset + limit) if more else None,
         )
+
+    def published_of(self, run_id: UUID, *, limit: int,
+                     cursor: str | None) -> m.PublishedPage:
+        """The run's latest published value of each key, by key; the cursor is an offset."""
+        offset = int(_decode_cursor(cursor, 1)[0]) if cursor is not None else 0
+        rows = self.store.fetch(
+            f"SELECT {_select(PUBLISHED_COLUMNS)} FROM {self.published} "
+            f"WHERE run_id = {self.uuid} ORDER BY key LIMIT ? OFFSET ?",
+            [str(run_id), limit + 1, offset],
+        )
+        items = []
+        for r in rows[:limit]:
+            fields = dict(zip(PUBLISHED_COLUMNS, r, strict=True))
+            fields["value"] = orjson.loads(fields["value"])  # kept as JSON text by the view
+            items.append(m.PublishedValue(**fields))
+        more = len(rows) > limit
+        return m.PublishedPage(run_id=run_id, items=items,
+                               next_cursor=_encode_cursor(offset + limit) if more else None)
 
     def events_of(self, run_id: UUID, *, limit: int, cursor: str | None,
                   before: int | None = None, topics: Sequence[str] = ()

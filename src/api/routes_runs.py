@@ -24,7 +24,7 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.freshness import wait_for_views
-from api.models import EventPage, Run, RunPage, StepAttemptPage
+from api.models import EventPage, PublishedPage, Run, RunPage, StepAttemptPage
 from engine.audit.history import event_classes
 from engine.status import RunStatus
 
@@ -91,6 +91,25 @@ async def run_steps(
     await wait_for_views(reads, after, ("step_attempts",), options.after_timeout_s)
     page = await reads.off_loop(reads.attempts_of, run_id, limit=page_size(limit, options),
                            cursor=cursor)
+    if not page.items and cursor is None and await reads.off_loop(reads.get_run, run_id) is None:
+        raise _missing(run_id)
+    return as_json(page)
+
+
+@read_route(router, "/runs/{run_id}/published", response_model=PublishedPage,
+            responses=NOT_FOUND)
+async def run_published(
+    run_id: UUID,
+    reads: ReadsDep,
+    options: OptionsDep,
+    cursor: Cursor = None,
+    limit: Limit = 200,
+    after: After = None,
+) -> Response:
+    """The latest value the run `publish`ed for each key, by key (before the run ends too)."""
+    await wait_for_views(reads, after, ("published", "runs"), options.after_timeout_s)
+    page = await reads.off_loop(reads.published_of, run_id, limit=page_size(limit, options),
+                                cursor=cursor)
     if not page.items and cursor is None and await reads.off_loop(reads.get_run, run_id) is None:
         raise _missing(run_id)
     return as_json(page)

@@ -9,6 +9,7 @@ from engine.aggregate import WorkflowRun
 from engine.audit.patching import patched
 from engine.audit.replay_check import CheckResult, check_history
 from engine.checkpoint_policy import CheckpointRejectedError
+from engine.children import ChildFailedError, child
 from engine.context import StepContext, step_context
 from engine.control import CancelOutcome
 from engine.definitions import Step, StepCall, Workflow, step, workflow
@@ -40,7 +41,9 @@ from engine.errors import (
 )
 from engine.fingerprints import Fingerprint, file_fingerprint, function_fingerprint
 from engine.identity import load_workflow, run_id_for_key
+from engine.messages import MessageConflictError, SendOutcome, receive
 from engine.preemption import Preempted, PreemptionToken, signals_request_preemption
+from engine.published import NotPublishedError, publish
 from engine.results import HistoryEntry, Placement, RunInfo, RunResult
 from engine.retry import NO_RETRY, NonRetryableError, RetryPolicy
 from engine.settings import Settings
@@ -54,6 +57,7 @@ __all__ = [
     "CancelPendingError",
     "CheckResult",
     "CheckpointRejectedError",
+    "ChildFailedError",
     "ConfigurationError",
     "DamagedLogError",
     "Engine",
@@ -63,8 +67,10 @@ __all__ = [
     "IdempotencyConflictError",
     "InvalidInputError",
     "LeaseLostError",
+    "MessageConflictError",
     "NonDeterminismError",
     "NonRetryableError",
+    "NotPublishedError",
     "OutputEncodingError",
     "Placement",
     "Preempted",
@@ -79,6 +85,7 @@ __all__ = [
     "RunParkedError",
     "RunResult",
     "RunStatus",
+    "SendOutcome",
     "Settings",
     "Step",
     "StepCall",
@@ -94,11 +101,14 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowRun",
     "check_history",
+    "child",
     "file_fingerprint",
     "function_fingerprint",
     "gather",
     "load_workflow",
     "patched",
+    "publish",
+    "receive",
     "run_id_for_key",
     "signals_request_preemption",
     "sleep",

@@ -18,82 +18,19 @@ from pydantic import BaseModel, ConfigDict
 from engine import events as ev
 from engine.audit.chain import SEAL
 from engine.errors import EngineError
+from engine.run_state import (
+    CheckpointMeta,
+    Divergence,
+    ErrorInfo,
+    RunState,
+    StepState,
+)
 from engine.status import STATUS_AFTER, STOPPED, RunStatus, StepStatus
 
-
-class ErrorInfo(BaseModel):
-    error_type: str
-    message: str
-    step_key: str | None = None
-
-
-class CheckpointMeta(BaseModel):
-    """What a resume validates of a step's checkpoint besides its state (engine.checkpoints).
-
-    Kept only for steps with a checkpoint that was not plain, so a plain one folds as before.
-    `discarded` are the sequence ranges a restart or a fallback took out of the step's line of
-    checkpoints: the effects a resume verifies are those of the checkpoints still in it.
-    """
-
-    sequence: int = 0  # the checkpoint the step's state is (a fallback goes back to one)
-    version: int = 1
-    source: dict[str, Any] | None = None
-    effects: bool = False  # some checkpoint still in the line recorded effects
-    discarded: list[tuple[int, int]] = []
-
-
-class StepState(BaseModel):
-    key: str
-    name: str
-    attempt: int
-    failures: int = 0
-    status: StepStatus
-    started_at: datetime
-    output: Any = None
-    checkpoint_sequence: int = 0
-    checkpoint: Any = None
-    error: ErrorInfo | None = None
-    retryable: bool = False
-    next_attempt_at: datetime | None = None
-    wake_at: datetime | None = None
-
-
-class Divergence(BaseModel):
-    """Where a parked run's history and the code parted: the step recorded, the step asked."""
-
-    expected: str
-    actual: str
-    position: int
-
-
-class RunState(BaseModel):
-    """Everything the engine decides from; steps keep the order they were first started in."""
-
-    workflow: str = ""
-    workflow_version: int = 0
-    entrypoint: str = ""
-    code_fingerprint: str = ""
-    input: dict[str, Any] = {}
-    input_digest: str = ""
-    idempotency_key: str | None = None
-    queue: str = "default"
-    status: RunStatus = RunStatus.PENDING
-    steps: dict[str, StepState] = {}
-    output: Any = None
-    error: ErrorInfo | None = None
-    worker_id: str = ""
-    last_reason: str | None = None
-    # -- audit and replay, docs/audit.md --
-    last_hash: str | None = None  # the chain continues from here, also after a snapshot
-    patches: list[str] = []  # change ids of patch markers recorded, in order
-    parent_run_id: UUID | None = None  # a fork's parent run
-    forked_from_step: str | None = None
-    parked: Divergence | None = None
-    # -- control, docs/controlling-runs.md --
-    deadline: datetime | None = None
-    # What resumes validate of each step's checkpoint, for steps whose checkpoints are not
-    # plain (engine.checkpoints); beside the steps so a plain run's state reads as before.
-    checkpoint_meta: dict[str, CheckpointMeta] = {}
+__all__ = [
+    "CheckpointMeta", "Divergence", "ErrorInfo", "RunCommandError", "RunSnapshot", "RunState",
+    "StepState", "WorkflowRun",
+]
 
 
 class RunCommandError(EngineError):
@@ -209,6 +146,43 @@ class WorkflowRun(BaseAggregate[UUID]):
         if timer is None or timer.status is not StepStatus.WAITING:
             raise RunCommandError(f"run {self.id}: no timer {key} is waiting")
         self._trigger(ev.TimerFired, at, worker, step_key=key)
+
+    def await_message(self, key: str, topic: str, timeout_at: datetime | None, *,
+                      at: datetime, worker: str) -> None:
+        self._trigger(ev.MessageAwaited, at, worker, step_key=key, topic=topic,
+                      timeout_at=timeout_at)
+
+    def receive_message(self, key: str, topic: str, message_id: str | None, payload: Any,
+                        sent_at: datetime | None, *, at: datetime, worker: str) -> None:
+        prior = self.state.steps.get(key)
+        if prior is not None and prior.status is StepStatus.COMPLETED:
+            raise RunCommandError(f"run {self.id}: {key} received already")
+        if message_id is not None and message_id in self.state.received:
+            raise RunCommandError(f"run {self.id}: message {message_id!r} was consumed already")
+        self._trigger(ev.MessageReceived, at, worker, step_key=key, topic=topic,
+                      message_id=message_id, payload=payload, sent_at=sent_at)
+
+    def publish(self, key: str, name: str, value: Any, *, at: datetime, worker: str) -> None:
+        if key in self.state.steps:
+            raise RunCommandError(f"run {self.id}: {key} was published already")
+        self._trigger(ev.ValuePublished, at, worker, step_key=key, key=name, value=value)
+
+    def start_child(self, key: str, child_run_id: UUID, workflow: str, *, at: datetime,
+                    worker: str) -> None:
+        if key in self.state.children:
+            raise RunCommandError(f"run {self.id}: child {key} was started already")
+        self._trigger(ev.ChildStarted, at, worker, step_key=key, child_run_id=child_run_id,
+                      workflow=workflow)
+
+    def finish_child(self, key: str, status: str, output: Any, error_type: str | None,
+                     message: str | None, *, at: datetime, worker: str) -> None:
+        child = self.state.steps.get(key)
+        if key not in self.state.children or child is None \
+                or child.status is not StepStatus.WAITING:
+            raise RunCommandError(f"run {self.id}: no child {key} is waited for")
+        self._trigger(ev.ChildFinished, at, worker, step_key=key,
+                      child_run_id=self.state.children[key], status=status, output=output,
+                      error_type=error_type, message=message)
 
     def mark_patch(self, change_id: str, *, at: datetime, worker: str) -> None:
         self._trigger(ev.PatchMarked, at, worker, change_id=change_id)
@@ -343,6 +317,44 @@ class WorkflowRun(BaseAggregate[UUID]):
                 )
             case ev.TimerFired():
                 s.steps[event.step_key].status = StepStatus.COMPLETED
+            case ev.MessageAwaited():
+                s.awaiting = event.topic
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="receive", attempt=0, status=StepStatus.WAITING,
+                    started_at=event.timestamp, wake_at=event.timeout_at,
+                )
+            case ev.MessageReceived():
+                s.awaiting = None
+                prior = s.steps.get(event.step_key)
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="receive", attempt=0, status=StepStatus.COMPLETED,
+                    started_at=prior.started_at if prior else event.timestamp,
+                    output=event.payload,
+                )
+                if event.message_id is not None:
+                    s.received.append(event.message_id)
+            case ev.ValuePublished():
+                s.published[event.key] = event.value
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="publish", attempt=0,
+                    status=StepStatus.COMPLETED, started_at=event.timestamp, output=event.value,
+                )
+            case ev.ChildStarted():
+                s.children[event.step_key] = event.child_run_id
+                s.steps[event.step_key] = StepState(
+                    key=event.step_key, name="child", attempt=0, status=StepStatus.WAITING,
+                    started_at=event.timestamp,
+                )
+            case ev.ChildFinished():
+                step = s.steps[event.step_key]
+                if event.status == RunStatus.COMPLETED.value:
+                    step.status = StepStatus.COMPLETED
+                    step.output = event.output
+                else:  # the parent's call raises it every time it replays
+                    step.status = StepStatus.FAILED
+                    step.error = ErrorInfo(error_type=event.error_type or event.status,
+                                           message=event.message or "", step_key=event.step_key)
+                    step.output = event.status
             case ev.RunPreempted():
                 s.last_reason = event.reason
             case ev.RunCompleted():

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from engine.children import wake_parent_or_self
 from engine.errors import CancelPendingError, RunConflictError, RunFinishedError
 from engine.liveness import THIS_HOST
 from engine.logcontext import get_logger
@@ -117,6 +118,7 @@ def _cancel_held(engine: Engine, run_id: UUID, request: CancelRequest) -> Cancel
         raise
     leases.release(run_id, owner, state=DONE)
     clear_cancel(leases, run_id)
+    wake_parent_or_self(engine, run)  # a child cancelled here: its parent learns of it
     status = run.status
     if status is RunStatus.CANCELLED:
         log.info("run %s cancelled by %s: %s", run_id, request.by, request.reason)

@@ -185,8 +185,13 @@ class Workflow(Generic[P, R]):
     def __init__(
         self, fn: Callable[P, R], name: str, version: int, *, queue: str = "default",
         concurrency: int | None = None, timeout_s: float | None = None,
+        schedule: str | None = None, schedule_tz: str = "UTC", schedule_missed: str = "latest",
     ) -> None:
         self.fn = fn
+        # A cron schedule workers declare when they import the workflow (engine.schedules).
+        self.schedule = schedule
+        self.schedule_tz = schedule_tz
+        self.schedule_missed = schedule_missed
         self.name = name
         self.version = version
         self.queue = queue
@@ -257,13 +262,17 @@ class Workflow(Generic[P, R]):
 def workflow(
     name: str | None = None, *, version: int = 1, queue: str = "default",
     concurrency: int | None = None, timeout: timedelta | float | None = None,
+    schedule: str | None = None, schedule_tz: str = "UTC", schedule_missed: str = "latest",
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
     """Declare a workflow. `name` identifies its runs (and idempotency keys) across releases.
 
     Workers pick its runs from `queue`; `concurrency` caps how many of its runs are driven at
     once by all workers together (recorded in the store when a run is started). `timeout`
     gives each run a deadline that long after its start (unless the start names one): past
-    it the run is stopped and ends `timed_out`.
+    it the run is stopped and ends `timed_out`. `schedule` (cron, in `schedule_tz`) starts a
+    run on every tick, with its parameters' defaults, once a worker has imported it
+    (`stepstone worker --import`); `schedule_missed` is the missed-tick policy
+    (docs/messages.md).
     """
     timeout_s = seconds_of(timeout, "@workflow(timeout=...)")
     if callable(name):
@@ -273,7 +282,8 @@ def workflow(
 
     def wrap(fn: Callable[P, R]) -> Workflow[P, R]:
         return Workflow(fn, name or fn.__name__, version, queue=queue, concurrency=concurrency,
-                        timeout_s=timeout_s)
+                        timeout_s=timeout_s, schedule=schedule, schedule_tz=schedule_tz,
+                        schedule_missed=schedule_missed)
 
     return wrap
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import checkpoints
 from engine import events as ev
@@ -49,6 +49,10 @@ from engine.stopping import (
 from engine.store import RunStore
 from engine.tracing import TRACER
 from engine.unwinding import Abandon, Halt, Suspend
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+    from engine.workers.leases import LeaseStore
 
 log = get_logger("stepstone.engine")
 
@@ -122,6 +126,10 @@ class RunDriver(DriverControl):
         # Fan-out branches record from their own threads; one lock keeps the aggregate and its
         # pending events consistent (steps are long, so it is never contended for long).
         self._lock = threading.RLock()
+        self.inbox: LeaseStore | None = None
+        """Where `receive()` finds the run's messages (engine.messages); set by the engine."""
+        self.child_engine: Engine | None = None
+        """What starts and reads child runs (engine.children); set by the engine."""
 
     # -- recording ------------------------------------------------------------------------
     def record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
@@ -429,21 +437,18 @@ class RunDriver(DriverControl):
         self.record(self.run.mark_patch, change_id)
         return True
 
-    # -- durable sleep --------------------------------------------------------------------
-    def sleep(self, seconds: float) -> None:
-        """Wait durably: the wake time is recorded first, so a restart keeps the deadline."""
-        key, recorded = self.next_position("sleep")
-        if recorded is not None and recorded.status is StepStatus.COMPLETED:
-            return
-        self._raise_if_preempted(key)
-        if recorded is None or recorded.wake_at is None:
-            wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
-            self.record(self.run.start_timer, key, wake_at, seconds)
-            self.save()
-        else:
-            wake_at = recorded.wake_at
-        self.wait_until(wake_at)
-        self.record(self.run.fire_timer, key)  # held, like a completion
+    # -- durable waits (sleep: engine.driver_control) ------------------------------------
+    def receive(self, topic: str, timeout_s: float | None) -> Any:
+        """Wait durably for a message on `topic`; see `engine.messages`."""
+        from engine.messages import receive_in  # it builds on this module
+
+        return receive_in(self, topic, timeout_s)
+
+    def child(self, workflow: Workflow[..., Any], input: Any) -> Any:
+        """Run a child workflow and wait for it; see `engine.children`."""
+        from engine.children import child_in  # it builds on this module
+
+        return child_in(self, workflow, input)
 
     # -- fan-out --------------------------------------------------------------------------
     def gather(self, calls: Sequence[StepCall[Any]], limit: int) -> list[Any]:
@@ -475,8 +480,9 @@ def _resume_reason(run: WorkflowRun) -> ev.ResumeReason | None:
         return ev.ResumeReason.AFTER_PREEMPTION
     if run.status is RunStatus.PARKED:  # audit: compatible code is back
         return ev.ResumeReason.AFTER_PARKING
-    if run.status is RunStatus.WAITING:
-        return ev.ResumeReason.TIMER_DUE
+    if run.status is RunStatus.WAITING:  # the newest step is what it waits on
+        waits = {"receive": ev.ResumeReason.MESSAGE_WAIT, "child": ev.ResumeReason.CHILD_WAIT}
+        return waits.get(next(reversed(run.steps.values())).name, ev.ResumeReason.TIMER_DUE)
     last = next(reversed(run.steps.values()), None)
     if last is not None and last.status is StepStatus.FAILED and last.retryable:
         return ev.ResumeReason.RETRY_DUE

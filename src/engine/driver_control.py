@@ -2,8 +2,8 @@
 
 A mixin of `RunDriver` (kept apart so each module stays small): the stops a driver checks at
 step boundaries, waits and checkpoints (`engine.stopping`: preemption, a cancel, the deadline,
-runaway limits, an attempt's timeout), and the `StepContext` sink that records checkpoints,
-throttled, validated (`engine.checkpoints`) and counted against the runaway cap.
+runaway limits, an attempt's timeout), durable sleep, and the `StepContext` sink that records
+checkpoints, throttled, validated (`engine.checkpoints`) and counted against the runaway cap.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine import checkpoints
-from engine.aggregate import WorkflowRun
+from engine.aggregate import StepState, WorkflowRun
 from engine.context import StepContext
 from engine.definitions import JsonCodec, Step
 from engine.errors import EngineError, StepTimeoutError
 from engine.fingerprints import Fingerprint
 from engine.logcontext import get_logger
 from engine.preemption import Preempted, PreemptionToken
+from engine.status import StepStatus
 from engine.stopping import (
     AttemptAbandoned,
     Cancelled,
@@ -54,6 +55,9 @@ class DriverControl:
         raise NotImplementedError  # RunDriver's
 
     def save(self) -> None:
+        raise NotImplementedError  # RunDriver's
+
+    def next_position(self, name: str) -> tuple[str, StepState | None]:
         raise NotImplementedError  # RunDriver's
 
     # -- stops (engine.stopping) -----------------------------------------------------------
@@ -163,3 +167,19 @@ class DriverControl:
             version=cp.ctx.checkpoint_version, source=cp.source, effects=cp.effects,
         )
         self.save()
+
+    # -- durable sleep --------------------------------------------------------------------
+    def sleep(self, seconds: float) -> None:
+        """Wait durably: the wake time is recorded first, so a restart keeps the deadline."""
+        key, recorded = self.next_position("sleep")
+        if recorded is not None and recorded.status is StepStatus.COMPLETED:
+            return
+        self._raise_if_preempted(key)
+        if recorded is None or recorded.wake_at is None:
+            wake_at = self.clock() + timedelta(seconds=max(0.0, seconds))
+            self.record(self.run.start_timer, key, wake_at, seconds)
+            self.save()
+        else:
+            wake_at = recorded.wake_at
+        self.wait_until(wake_at)
+        self.record(self.run.fire_timer, key)  # held, like a completion

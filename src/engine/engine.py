@@ -11,6 +11,7 @@ from uuid import UUID
 from engine import starts
 from engine.aggregate import WorkflowRun
 from engine.audit.parking import park
+from engine.children import cancel_children, wake_parent_or_self
 from engine.control import CancelOutcome
 from engine.control import cancel as cancel_run
 from engine.definitions import Workflow
@@ -32,10 +33,14 @@ from engine.events import ResumeReason
 from engine.group_commit import GroupCommit
 from engine.identity import load_workflow
 from engine.logcontext import get_logger
+from engine.messages import SendOutcome, wake_if_delivered
+from engine.messages import send as send_message
 from engine.observe import log_events
 from engine.preemption import PreemptionToken
+from engine.published import read_published
 from engine.reads import RunReads
 from engine.results import RunResult
+from engine.schedules import Schedule, add_schedule
 from engine.settings import Settings
 from engine.status import STOPPED
 from engine.stopping import CancelRequest
@@ -246,11 +251,35 @@ class Engine(RunReads):
         )
 
     def cancel(self, run_id: UUID, *, reason: str = "cancelled", by: str | None = None,
-               wait_s: float = 0.0) -> CancelOutcome:
+               wait_s: float = 0.0, children: bool = True) -> CancelOutcome:
         """Cancel a run wherever it is (docs/controlling-runs.md): at once if nobody drives
         it, else at its holder's next checkpoint or step boundary (waiting up to `wait_s` for
-        that). `RunFinishedError` for a finished run, nothing written."""
-        return cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
+        that). `RunFinishedError` for a finished run, nothing written. Its unfinished child
+        runs are cancelled too, unless `children` is False (docs/messages.md)."""
+        outcome = cancel_run(self, run_id, reason=reason, by=by, wait_s=wait_s)
+        if children:
+            cancel_children(self, self.store.load(run_id), reason, by)
+        return outcome
+
+    def send(self, run_id: UUID, topic: str, payload: Any, *,
+             message_id: str | None = None) -> SendOutcome:
+        """Send a message to a run (docs/messages.md): durable when this returns, consumed
+        once by the run's `receive(topic)`; the same `message_id` again is a no-op. Errors
+        for an unknown or finished run, a bad topic or payload; nothing written then."""
+        return send_message(self, run_id, topic, payload, message_id=message_id)
+
+    def schedule(self, workflow: Workflow[..., Any], cron: str,
+                 input: Mapping[str, Any] | None = None, *, name: str | None = None,
+                 timezone: str = "UTC", missed: str = "latest") -> Schedule:
+        """Start `workflow` on every tick of `cron` in `timezone`, one run per tick across all
+        workers (which fire the ticks); `missed`: latest, all or skip (engine.schedules)."""
+        return add_schedule(self, workflow, cron, input, name=name, timezone=timezone,
+                            missed=missed)
+
+    def read_published(self, run_id: UUID, key: str, *, wait: float | None = None) -> Any:
+        """The latest value the run `publish`ed for `key` (from its log), waiting up to `wait`
+        seconds for it; `NotPublishedError` if it is not there (docs/messages.md)."""
+        return read_published(self, run_id, key, wait=wait)
 
     def drive_claimed(
         self,
@@ -358,6 +387,8 @@ class Engine(RunReads):
             cancel_check=self._cancel_check(run_id, keeper),
             limits=self.settings.run_limits(),
         )
+        driver.inbox = self.leases
+        driver.child_engine = self
         try:
             result = driver.drive()
         except NonDeterminismError as e:
@@ -386,6 +417,8 @@ class Engine(RunReads):
                 clear_cancel(self.leases, run_id)
         else:
             self._release(run_id, state=READY, at=result.resume_at)
+            wake_if_delivered(self.leases, driver.run)  # a message sent while it was held
+        wake_parent_or_self(self, driver.run)  # a child's end, seen by parent or child
         return result
 
     def _cancel_check(

@@ -35,6 +35,8 @@ class ResumeReason(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     STORE_FAULT = "store_fault"  # a save failed; the run was reloaded from its log
     FORCED = "forced"  # `resume --force` reopened a cancelled or timed-out run
+    MESSAGE_WAIT = "message_wait"  # a run waiting in `receive()`: a message, its timeout, a look
+    CHILD_WAIT = "child_wait"  # a run waiting for a child run: it ended, or a periodic look
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -306,6 +308,82 @@ class RunTimedOut(RunEvent):
         return f"deadline {self.deadline.isoformat()} passed{where}"
 
 
+# -- messages, docs/messages.md ------------------------------------------------------------------
+
+
+class MessageAwaited(RunEvent):
+    """`receive(topic)` found no message: the run waits, without a worker, until one arrives
+    or `timeout_at` passes (recorded, so every worker and every restart keeps the same one)."""
+
+    step_key: str
+    topic: str
+    timeout_at: datetime | None
+
+    def summary(self) -> str:
+        until = f" until {self.timeout_at.isoformat()}" if self.timeout_at else ""
+        return f"waits for a message on {self.topic!r}{until}"
+
+
+class MessageReceived(RunEvent):
+    """`receive(topic)` consumed one message (exactly once: its id is never consumed again),
+    or timed out (`message_id` None). Replay returns `payload` and never reads the inbox."""
+
+    step_key: str
+    topic: str
+    message_id: str | None
+    payload: Any
+    sent_at: datetime | None
+
+    def summary(self) -> str:
+        if self.message_id is None:
+            return f"no message on {self.topic!r} before the timeout"
+        return f"message {self.message_id!r} on {self.topic!r}: {short(self.payload, 50)}"
+
+
+class ValuePublished(RunEvent):
+    """`publish(key, value)`: the run's latest value for `key`, readable before the run ends
+    (`engine.read_published`, the API). Positional like a step, so replay records it once."""
+
+    step_key: str
+    key: str
+    value: Any
+
+    def summary(self) -> str:
+        return f"{self.key} = {short(self.value, 50)}"
+
+
+# -- child workflows, docs/messages.md ------------------------------------------------------------
+
+
+class ChildStarted(RunEvent):
+    """`child(workflow, input)` started (or found) the child run: its id comes from this run's
+    id and `step_key`, so replay finds the same child. The parent waits for it, no worker held."""
+
+    step_key: str
+    child_run_id: UUID
+    workflow: str
+
+    def summary(self) -> str:
+        return f"child {self.workflow} run {self.child_run_id}"
+
+
+class ChildFinished(RunEvent):
+    """The child run ended: its output, or (failed, cancelled, timed out) its error, which the
+    parent's `child()` call raises as `ChildFailedError`."""
+
+    step_key: str
+    child_run_id: UUID
+    status: str
+    output: Any
+    error_type: str | None
+    message: str | None
+
+    def summary(self) -> str:
+        if self.status == "completed":
+            return f"child {self.child_run_id} completed: {short(self.output, 50)}"
+        return f"child {self.child_run_id} {self.status}: {self.error_type}: {self.message}"
+
+
 # -- audit and replay, docs/audit.md -----------------------------------------------------------
 
 
@@ -361,4 +439,9 @@ EVENT_TYPES: tuple[type[RunEvent], ...] = (
     TimerStarted,
     TimerFired,
     CheckpointValidated,
+    MessageAwaited,
+    MessageReceived,
+    ValuePublished,
+    ChildStarted,
+    ChildFinished,
 )

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from engine.aggregate import WorkflowRun
+from engine.children import parent_of
 from engine.events import RunEvent
 from engine.liveness import Liveness
 from engine.status import RunStatus, StepStatus
@@ -41,6 +42,12 @@ class RunInfo:
     """The live process driving it now (engine.liveness), if any."""
     last_seen: datetime | None = None
     """For an `interrupted` run: when it was last seen alive."""
+    waiting_for: str | None = None
+    """For a run waiting in `receive()`: the topic; for one waiting for a child: its run id."""
+    parent_run_id: UUID | None = None
+    """The run that started this one with `child()` (docs/messages.md)."""
+    children: tuple[UUID, ...] = ()
+    """The runs this one started with `child()`, in call order."""
 
     @classmethod
     def of(cls, run: WorkflowRun, liveness: Liveness | None = None) -> RunInfo:
@@ -71,7 +78,20 @@ class RunInfo:
             deadline=s.deadline,
             held_by=liveness.held_by if liveness is not None else None,
             last_seen=liveness.last_seen if liveness is not None else None,
+            waiting_for=_waiting_for(run),
+            parent_run_id=parent_of(run),
+            children=tuple(s.children.values()),
         )
+
+
+def _waiting_for(run: WorkflowRun) -> str | None:
+    s = run.state
+    if s.status is not RunStatus.WAITING or not s.steps:
+        return None
+    last = next(reversed(s.steps.values()))
+    if last.name == "child" and last.key in s.children:
+        return f"child run {s.children[last.key]}"
+    return s.awaiting
 
 
 _REASONED = frozenset({RunStatus.CANCELLED, RunStatus.TIMED_OUT, RunStatus.PREEMPTED,

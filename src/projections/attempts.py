@@ -45,6 +45,7 @@ class StepAttemptsView(View):
     handles = _STEP_KINDS
     ignores = frozenset({  # a step's attempts are all it shows (a reused step ran none)
         ev.RunStarted, ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired,
+        ev.MessageAwaited, ev.MessageReceived, ev.ValuePublished, ev.ChildStarted, ev.ChildFinished,
         ev.RunPreempted, ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut,
         ev.PatchMarked, ev.StepReused, ev.RunParked, ev.CheckpointValidated,
     })

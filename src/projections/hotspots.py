@@ -66,7 +66,8 @@ class HotspotsView(View):
     tables = (HOTSPOTS, HOTSPOTS_RUNS)
     handles = _KINDS
     ignores = frozenset({  # it counts attempts, knowing their run's workflow
-        ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.RunPreempted,
+        ev.RunResumed, ev.StepCheckpointed, ev.TimerStarted, ev.TimerFired, ev.MessageAwaited,
+        ev.MessageReceived, ev.ValuePublished, ev.ChildStarted, ev.ChildFinished, ev.RunPreempted,
         ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunTimedOut, ev.PatchMarked,
         ev.StepReused, ev.RunParked,
     })

@@ -11,6 +11,10 @@ from typing import Any
 
 from engine.events import (
     CheckpointValidated,
+    ChildFinished,
+    ChildStarted,
+    MessageAwaited,
+    MessageReceived,
     PatchMarked,
     RunCancelled,
     RunFailed,
@@ -26,6 +30,7 @@ from engine.events import (
     StepStarted,
     TimerFired,
     TimerStarted,
+    ValuePublished,
 )
 from engine.status import RunStatus, StepStatus
 from projections.facts import Fact
@@ -83,7 +88,7 @@ def _new_row(run_id: str) -> dict[str, Any]:
 _CASES: Events = frozenset({
     StepStarted, StepCheckpointed, StepCompleted, StepFailed, StepPreempted, TimerStarted,
     TimerFired, RunStarted, RunPreempted, StepReused, RunParked, RunFailed, RunCancelled,
-    RunTimedOut,
+    RunTimedOut, MessageAwaited, MessageReceived, ValuePublished, ChildStarted, ChildFinished,
 })
 _HANDLES = _CASES | frozenset(STATUS_TEXT_AFTER)
 _RUNNING, _FAILED, _PREEMPTED, _WAITING = (
@@ -152,12 +157,15 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind is StepPreempted:
         if d["step_key"] == row["current_step"]:
             row["current_step_status"] = _PREEMPTED
-    elif kind is TimerStarted:  # a durable sleep: a step that waits instead of working
+    elif kind is TimerStarted or kind is MessageAwaited or kind is ChildStarted:  # waits
         row["steps_started"] += 1
         row["current_step"] = d["step_key"]
         row["current_step_status"] = _WAITING
         row["progress_done"] = row["progress_total"] = None
-    elif kind is TimerFired:
+    elif kind is MessageReceived and d["step_key"] != row["current_step"]:
+        row["steps_started"] += 1  # taken at once, without waiting: started and done
+        row["steps_done"] += 1
+    elif kind is TimerFired or kind is MessageReceived or kind is ChildFinished:
         row["steps_done"] += 1
         if d["step_key"] == row["current_step"]:
             _leave_step(row)
@@ -168,7 +176,7 @@ def _apply(row: dict[str, Any], fact: Fact) -> None:
     elif kind is RunPreempted:
         row["preemptions"] += 1
         row["interruptions"] += 1
-    elif kind is StepReused:  # audit: a fork took the parent's output; no attempt ran
+    elif kind is StepReused or kind is ValuePublished:  # done at once, no attempt ran
         row["steps_started"] += 1
         row["steps_done"] += 1
     elif kind is RunParked:  # audit: why it waits, where the views show errors

@@ -65,7 +65,7 @@ class WorkflowStatsView(View):
     handles = frozenset(STATUS_TEXT_AFTER)
     ignores = frozenset({  # runs by status: only the events that move a status count
         ev.StepCheckpointed, ev.StepCompleted, ev.StepFailed, ev.StepPreempted, ev.PatchMarked,
-        ev.StepReused, ev.CheckpointValidated,
+        ev.StepReused, ev.CheckpointValidated, ev.ValuePublished,
     })
 
     def load(self, tx: Tx, facts: Sequence[Fact]) -> Rows:

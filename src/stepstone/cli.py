@@ -53,7 +53,9 @@ from stepstone.common import (
     store_options,
 )
 from stepstone.control_cli import cancel
+from stepstone.messages_cli import send
 from stepstone.projections_cli import projections
+from stepstone.schedules_cli import schedules
 from stepstone.serve_cli import serve
 from stepstone.worker_cli import worker
 
@@ -273,6 +275,8 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
 main.add_command(history_cli.runs)
 main.add_command(history_cli.history)
 main.add_command(cancel)
+main.add_command(send)
+main.add_command(schedules)
 main.add_command(projections)
 main.add_command(worker)
 main.add_command(serve)

@@ -20,9 +20,12 @@ from stepstone.common import fail, open_engine, parse_run_id, store_options
               help="Why; recorded in the run's RunCancelled event with who and when.")
 @click.option("--wait", "wait_s", default=10.0, show_default=True, type=click.FloatRange(0),
               help="Seconds to wait for a run's live holder to stop it (0: do not wait).")
+@click.option("--keep-children", is_flag=True,
+              help="Leave the run's unfinished child runs going (by default they are cancelled).")
 @store_options
 def cancel(run_id: str | None, key: str | None, workflow_name: str | None, reason: str,
-           wait_s: float, database_url: str | None, as_json: bool) -> None:
+           wait_s: float, keep_children: bool, database_url: str | None,
+           as_json: bool) -> None:
     """Cancel a run: at once if nobody drives it, else at its next checkpoint or step boundary.
 
     The request is recorded first, so a holder on another machine (or whoever takes the run
@@ -33,7 +36,7 @@ def cancel(run_id: str | None, key: str | None, workflow_name: str | None, reaso
         fail("--reason must say why (it is recorded in the run's history)")
     with open_engine(database_url, create=False) as engine:
         rid = _target(engine, run_id, key, workflow_name)
-        outcome = engine.cancel(rid, reason=reason, wait_s=wait_s)
+        outcome = engine.cancel(rid, reason=reason, wait_s=wait_s, children=not keep_children)
         if as_json:
             output.emit_json({"run_id": str(rid), "status": outcome.status.value,
                               "held_by": outcome.holder, "by": outcome.request.by,

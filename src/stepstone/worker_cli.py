@@ -18,6 +18,7 @@ from engine import (
     signals_request_preemption,
 )
 from engine.logcontext import get_logger
+from engine.schedules import declare_schedules
 from engine.workers.worker import Worker
 from stepstone.common import (
     EXIT_FORCED,
@@ -122,7 +123,10 @@ def _engine(database_url: str | None, imports: tuple[str, ...], lease_s: float |
         for module in imports:
             importlib.import_module(module)
         settings = Settings(**overrides)
-        return Engine(settings.for_worker(), token=token)
+        engine = Engine(settings.for_worker(), token=token)
+        # @workflow(schedule=...) in the imported modules: declared (or updated) on start.
+        declare_schedules(engine, [sys.modules[m] for m in imports])
+        return engine
     except ImportError as e:
         fail(f"--import: {e}")
     except ValidationError as e:

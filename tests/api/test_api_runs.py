@@ -291,7 +291,8 @@ def test_health_readiness_and_metrics(world: World, client: TestClient) -> None:
     assert body["ready"] is True
     assert body["head"] == head
     assert {v["view"]: v["lag"] for v in body["views"]} == {
-        "runs": 0, "step_attempts": 0, "hotspots": 0, "workflow_stats": 0}
+        "runs": 0, "step_attempts": 0, "hotspots": 0, "workflow_stats": 0,
+        "published": 0}
     from prometheus_client.parser import text_string_to_metric_families
 
     text = client.get("/metrics").text

@@ -19,6 +19,10 @@ try:
     from engine.durable import sleep
 except ImportError:  # pragma: no cover - releases before durable sleep
     sleep = None  # type: ignore[assignment]
+try:
+    from engine import ChildFailedError, child, publish, receive
+except ImportError:  # pragma: no cover - releases before messages and children (r3)
+    publish = receive = child = ChildFailedError = None  # type: ignore[assignment,misc]
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_s=0.0, jitter=0.0)
 FLAGS = {"flaky_failures": 0, "preempt": False, "broken": False}
@@ -107,3 +111,32 @@ if function_fingerprint is not None:
     @workflow("golden-checked")
     def with_checks(n: int) -> int:
         return tally(n)
+@workflow("golden-messages")
+def with_messages(n: int) -> dict[str, Any]:
+    """r4: a message taken at once, one waited for, a receive that timed out, two publishes."""
+    first = count(n)
+    publish("stage", "counted")
+    ready = receive("ready")  # sent before the run asked
+    go = receive("go")  # sent while the run waited
+    late = receive("never", timeout=0.01)  # nobody sends it: None
+    publish("stage", "done")
+    return {"first": first, "ready": ready, "go": go, "late": late}
+
+
+@workflow("golden-kid")
+def kid(n: int) -> int:
+    if n < 0:
+        raise ValueError("golden: no kid below zero")
+    return check(n)
+
+
+@workflow("golden-children")
+def with_children(n: int) -> dict[str, Any]:
+    """r4: a child that completes and one that fails, caught by the parent."""
+    done = child(kid, {"n": n})
+    try:
+        child(kid, {"n": -1})
+        failed = None
+    except ChildFailedError as e:
+        failed = e.status
+    return {"done": done, "failed": failed}

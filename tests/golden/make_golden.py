@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,15 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 
 import goldenwf
-from goldenwf import FLAGS, basic, basic_reordered, with_patch, with_sleep
+from goldenwf import (
+    FLAGS,
+    basic,
+    basic_reordered,
+    with_children,
+    with_messages,
+    with_patch,
+    with_sleep,
+)
 
 from engine import Engine, Settings
 from engine.driver import utc_now
@@ -62,18 +72,32 @@ def make_runs(engine: Engine) -> list[tuple[str, Any]]:
     failed = engine.run(basic, {"n": 2}).run_id
     FLAGS.update(broken=False)
     runs.append(("failed", failed))
-    # Cancelled (no command for it yet: recorded as the engine's aggregate records events).
+    # Cancelled: by the engine's command where the release has one (r4 on: who, why, when
+    # it was asked for), else recorded as the aggregate records events.
     rid = engine.start(basic, {"n": 5})
-    run = engine.store.load(rid)
-    run.cancel("golden", "cancelled for the golden log", at=utc_now(), worker="golden-worker")
-    engine.store.save_run(run)
+    if hasattr(engine, "cancel"):
+        engine.cancel(rid, reason="cancelled for the golden log", by="golden")
+    else:
+        run = engine.store.load(rid)
+        run.cancel("golden", "cancelled for the golden log", at=utc_now(),
+                   worker="golden-worker")
+        engine.store.save_run(run)
     runs.append(("cancelled", rid))
+    if hasattr(engine, "cancel"):  # deadlines came with cancel (r4): one that passed
+        rid = engine.start(basic, {"n": 6}, deadline=timedelta(milliseconds=1))
+        time.sleep(0.01)
+        engine.resume(rid)
+        runs.append(("timed-out", rid))
     if goldenwf.sleep is not None:
         runs.append(("slept", engine.run(with_sleep, {"n": 1}).run_id))
     if goldenwf.patched is not None:
         runs.extend(audit_runs(engine, failed))
     if goldenwf.with_checks is not None:
         runs.extend(checked_runs(engine))
+    if goldenwf.receive is not None:
+        runs.append(("messages", message_run(engine)))
+    if goldenwf.child is not None:
+        runs.append(("children", engine.run(with_children, {"n": 2}).run_id))
     return runs
 
 
@@ -92,6 +116,20 @@ def checked_runs(engine: Engine) -> list[tuple[str, Any]]:
         out.append((label, rid))
     goldenwf.CHECKS.update(source="a", missing=[])
     return out
+
+
+def message_run(engine: Engine) -> Any:
+    """r4: messages and published values (docs/messages.md), the wait as a worker has it."""
+    import time
+
+    rid = engine.start(with_messages, {"n": 2})
+    engine.send(rid, "ready", {"ok": True}, message_id="ready-1")
+    engine.leases.claim_run(rid, engine.settings.worker_id, 30, workflow="golden-messages",
+                            queue="default")
+    engine.drive_claimed(rid, since=time.monotonic(), suspend_after_s=1.0)  # waits for "go"
+    engine.send(rid, "go", "now", message_id="go-1")
+    engine.resume(rid)
+    return rid
 
 
 def audit_runs(engine: Engine, failed: Any) -> list[tuple[str, Any]]:

@@ -4,7 +4,10 @@ Each directory here holds a log (`stepstone export` format) and what the release
 it read back from it. r1 was written by the release before hash chains and forks (its
 RunStarted events are class version 1, upcast on read); r2 by the release that added them;
 r3 by the release that added checkpoints a resume validates (checkpoints with a version, a
-source and effects, and `CheckpointValidated` events that fell back and restarted).
+source and effects, and `CheckpointValidated` events that fell back and restarted); r4 by the
+release that added messages, published values and child workflows (MessageAwaited,
+MessageReceived, ValuePublished, ChildStarted, ChildFinished), cancels and deadlines
+(RunCancelled with who and when, RunTimedOut).
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ def _load(engine: Engine, release: str) -> dict[str, Any]:
 
 
 def test_every_release_is_here() -> None:
-    assert RELEASES[:2] == ["r1", "r2"]
+    assert RELEASES[:4] == ["r1", "r2", "r3", "r4"]
+
+
+def test_r3_holds_the_message_events() -> None:
+    kinds = {r["type"] for r in read_records(GOLDEN / "r3" / "log.jsonl")}
+    assert {"MessageAwaited", "MessageReceived", "ValuePublished", "ChildStarted",
+            "ChildFinished"} <= kinds
 
 
 @pytest.mark.parametrize("release", RELEASES)

@@ -26,7 +26,8 @@ def test_status_rebuild_and_their_errors(store_url: str) -> None:
     result = runner.invoke(main, ["projections", "status", "--db", store_url, "--json"])
     assert result.exit_code == 0, result.output
     assert [(s["view"], s["position"], s["head"], s["lag"]) for s in json.loads(result.output)] \
-        == [(v, 0, head, head) for v in ("runs", "step_attempts", "hotspots", "workflow_stats")]
+        == [(v, 0, head, head) for v in ("runs", "step_attempts", "hotspots", "workflow_stats",
+                                            "published")]
 
     result = runner.invoke(main, ["projections", "rebuild", "runs", "--db", store_url])
     assert result.exit_code == 0, result.output
@@ -41,7 +42,7 @@ def test_status_rebuild_and_their_errors(store_url: str) -> None:
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
         "error: no view named 'progress'; the views are: runs, step_attempts, hotspots, "
-        "workflow_stats"
+        "workflow_stats, published"
     )
 
     store.recorder.insert_events([StoredEvent(

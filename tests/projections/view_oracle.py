@@ -63,6 +63,8 @@ def actual_views(projector: Projector) -> dict[str, dict[tuple[Any, ...], tuple[
                     row = tuple(canonical(k, v) for k, v in zip(kinds, raw, strict=True))
                     if spec.name == "hotspots_runs":  # JSON text: compare what it means
                         row = (*row[:2], orjson.loads(row[2]), orjson.loads(row[3] or "{}"))
+                    if spec.name == "published":
+                        row = (*row[:2], orjson.loads(row[2]), *row[3:])
                     rows[tuple(row[names.index(c)] for c in spec.key)] = row
                 out[spec.name] = rows
     return out
@@ -72,8 +74,13 @@ def expected_views(
     store: RunStore, run_ids: Iterable[UUID]
 ) -> dict[str, dict[tuple[Any, ...], tuple[Any, ...]]]:
     runs, attempts, hot, hot_runs, stats_runs = {}, {}, {}, {}, {}
+    published: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for run_id in run_ids:
         history = store.events_with_positions(run_id)
+        for position, e in history:  # the latest value of each key
+            if isinstance(e, ev.ValuePublished):
+                published[(str(run_id), e.key)] = (str(run_id), e.key, e.value, e.step_key,
+                                                   e.timestamp.astimezone(UTC), position)
         run, tried, opened = _fold_run(history)
         runs[(str(run_id),)] = tuple(run.values())
         workflow = run["workflow"]
@@ -111,6 +118,7 @@ def expected_views(
         "hotspots_runs": hot_runs,
         "workflow_stats": stats,
         "workflow_stats_runs": stats_runs,
+        "published": published,
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 from uuid import UUID
 
 from engine.aggregate import StepState, WorkflowRun
+from engine.children import ChildFailedError
 from engine.context import current_runner
 from engine.definitions import Step, Workflow
 from engine.driver import RunDriver
@@ -100,6 +101,22 @@ class _CheckingDriver(RunDriver):
         key, recorded = self.next_position("sleep")
         if recorded is None or recorded.status is not StepStatus.COMPLETED:
             raise _NewHistory(key)
+
+    def receive(self, topic: str, timeout_s: float | None) -> Any:
+        key, recorded = self.next_position("receive")
+        if recorded is None or recorded.status is not StepStatus.COMPLETED:
+            raise _NewHistory(key)  # a resume waits for (or takes) a message from here
+        return recorded.output
+
+    def child(self, workflow: Workflow[..., Any], input: Any) -> Any:
+        key, recorded = self.next_position("child")
+        if recorded is None or recorded.status is StepStatus.WAITING:
+            raise _NewHistory(key)  # a resume starts (or waits for) the child from here
+        if recorded.status is StepStatus.COMPLETED:
+            return workflow.codec.decode(recorded.output)
+        err = recorded.error
+        raise ChildFailedError(self.run.state.children[key], str(recorded.output),
+                               err.error_type if err else None, err.message if err else None)
 
     def wait_until(self, due: datetime) -> None:
         raise _NewHistory(None)  # a retry or a timer is due: a resume goes on from here

@@ -36,9 +36,10 @@ from engine.store import RunStore
 
 log = get_logger("stepstone.retention")
 
-INDEX_TABLES = ("stepstone_queue", "stepstone_cancel_requests")
-"""The tables beside the log keyed by run id (`engine.workers.leases`: the runnable index and
-its leases, the cancel requests), whose rows of a run go with it."""
+INDEX_TABLES = ("stepstone_queue", "stepstone_cancel_requests", "stepstone_messages")
+"""The tables beside the log keyed by run id (`engine.workers.index_rows`: the runnable index
+and its leases, the cancel requests, the messages sent to runs), whose rows of a run go with
+it."""
 
 
 class Executor(Protocol):

@@ -91,6 +91,8 @@ class SqliteDb:
             "session_val": "",
             "holder_gone": "0",
             "session_ddl": "SELECT 1",
+            "messages": "stepstone_messages",
+            "schedules": "stepstone_schedules",
         }
 
     @contextmanager
@@ -155,6 +157,8 @@ class PostgresDb:
             "limits": q("stepstone_limits"),
             "sweep": q("stepstone_queue_sweep"),
             "cancels": q("stepstone_cancel_requests"),
+            "messages": q("stepstone_messages"),
+            "schedules": q("stepstone_schedules"),
             "channel": pgsql.Identifier(f"stepstone_queue_{self._schema}").as_string(None),
             "set_session": ", owner_session = %(session)s",
             "session_col": ", owner_session",

@@ -52,6 +52,10 @@ DDL = (
         reason TEXT NOT NULL,
         requested_at DOUBLE PRECISION NOT NULL
     )""",
+    # Messages sent to runs (engine.messages): a resend of one message id is a no-op.
+    "CREATE TABLE IF NOT EXISTS {messages} (run_id TEXT NOT NULL, message_id TEXT NOT NULL, "
+    "topic TEXT NOT NULL, payload TEXT NOT NULL, sent_at DOUBLE PRECISION NOT NULL, "
+    "PRIMARY KEY (run_id, message_id))",
 )
 
 

@@ -33,6 +33,7 @@ from engine.errors import (
 from engine.events import ResumeReason
 from engine.logcontext import bound, get_logger
 from engine.results import RunResult
+from engine.schedules import fire_due
 from engine.status import STOPPED, RunStatus
 from engine.storage import listen
 from engine.workers.leases import PARKED, READY, Claim, queue_scope
@@ -46,6 +47,7 @@ log = get_logger("stepstone.worker")
 # the code gets it meanwhile.
 _NO_CODE_BACKOFF_S = 30.0
 _SWEEP_INTERVAL_S = 60.0
+_TICKS_INTERVAL_S = 1.0  # how often a worker looks for due schedule ticks
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Worker:
             self.worker_id, self.concurrency, ",".join(self.queues or ["(all)"]),
             engine.settings.lease_duration_s, engine.settings.heartbeat_interval_s,
         )
-        next_sweep = 0.0
+        next_sweep = next_ticks = 0.0
         backoff = 0.0
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="stepstone-run")
         try:
@@ -122,6 +124,9 @@ class Worker:
                     if now >= next_sweep:
                         self.sweep()
                         next_sweep = now + _SWEEP_INTERVAL_S
+                    if now >= next_ticks:  # schedules: start the runs of due ticks
+                        fire_due(engine)
+                        next_ticks = now + _TICKS_INTERVAL_S
                     self._claim_into(pool)
                     backoff = 0.0
                 except StoreUnavailableError as e:
