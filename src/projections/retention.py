@@ -27,6 +27,7 @@ import orjson
 from engine.status import RunStatus
 from projections.attempts import StepAttemptsView
 from projections.hotspots import HotspotsView
+from projections.published import PublishedView
 from projections.rebuild import columns
 from projections.runs import RunsView
 from projections.sql import Bound, Tx
@@ -127,5 +128,6 @@ FORGETTERS: dict[type[View], Callable[[Tx, Any, Sequence[str]], None]] = {
     StepAttemptsView: _forget_rows,
     HotspotsView: _nothing,
     WorkflowStatsView: _forget_stats,
+    PublishedView: _forget_rows,
 }
 """How each view forgets a run; a view missing here cannot be pruned past (KeyError)."""
