@@ -35,8 +35,7 @@ from engine import (
     load_workflow,
     signals_request_preemption,
 )
-from stepstone import audit_cli, history_cli, output, retention_cli
-from stepstone.chaos_cli import chaos
+from stepstone import output
 from stepstone.common import (
     EXIT_FAILED,
     EXIT_FORCED,
@@ -52,12 +51,7 @@ from stepstone.common import (
     setup_logging,
     store_options,
 )
-from stepstone.control_cli import cancel
-from stepstone.messages_cli import send
-from stepstone.projections_cli import projections
-from stepstone.schedules_cli import schedules
-from stepstone.serve_cli import serve
-from stepstone.worker_cli import worker
+from stepstone.lazy import LazyGroup
 
 
 @contextmanager
@@ -117,7 +111,30 @@ def drive(engine: Engine, action: Callable[[], RunResult], resume_hint: str, as_
         sys.exit(EXIT_STOPPED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Imported when run, not at start (`stepstone.lazy`): name -> "module:command".
+_SUBCOMMANDS = {
+    "runs": "stepstone.history_cli:runs",
+    "history": "stepstone.history_cli:history",
+    "cancel": "stepstone.control_cli:cancel",
+    "send": "stepstone.messages_cli:send",
+    "schedules": "stepstone.schedules_cli:schedules",
+    "projections": "stepstone.projections_cli:projections",
+    "worker": "stepstone.worker_cli:worker",
+    "serve": "stepstone.serve_cli:serve",
+    # Audit and replay (docs/audit.md).
+    "export": "stepstone.audit_cli:export",
+    "replay": "stepstone.audit_cli:replay",
+    "fork": "stepstone.audit_cli:fork",
+    "verify": "stepstone.audit_cli:verify",
+    "chaos": "stepstone.chaos_cli:chaos",
+    # Retention (docs/operations.md).
+    "prune": "stepstone.retention_cli:prune_cmd",
+    "import": "stepstone.retention_cli:import_cmd",
+}
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=_SUBCOMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stepstone", message="stepstone %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -270,22 +287,3 @@ def status(run_id: str, database_url: str | None, as_json: bool) -> None:
         else:
             for name, value in fields.items():
                 click.echo(f"{name:17} {output.shown(value)}")
-
-
-main.add_command(history_cli.runs)
-main.add_command(history_cli.history)
-main.add_command(cancel)
-main.add_command(send)
-main.add_command(schedules)
-main.add_command(projections)
-main.add_command(worker)
-main.add_command(serve)
-# Audit and replay (docs/audit.md): stepstone export / replay / fork / verify.
-main.add_command(audit_cli.export)
-main.add_command(audit_cli.replay)
-main.add_command(audit_cli.fork)
-main.add_command(audit_cli.verify)
-main.add_command(chaos)
-# Retention (docs/operations.md): stepstone prune / import.
-main.add_command(retention_cli.prune_cmd)
-main.add_command(retention_cli.import_cmd)
