@@ -85,6 +85,16 @@ class Run(_Model):
         "process holds its lease): when it was last seen alive")
 
 
+class RunDetail(Run):
+    """One run, with its links to the runs it belongs with (read from its log)."""
+
+    parent_run_id: UUID | None = Field(
+        None, description="the run that started this one as its child (`child()`), if any")
+    children: list[UUID] = Field(
+        default_factory=list, description="the child runs this run started, in call order "
+        "(the first 1,000)")
+
+
 class RunPage(_Model):
     items: list[Run]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page")

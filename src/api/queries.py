@@ -22,12 +22,14 @@ import anyio
 import orjson
 from anyio import to_thread
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
 
 from api import models as m
 from api.liveness import LeaseReads
 from api.readonly_store import ReadOnlyStore, Row
+from engine.children import parent_from_key
 from engine.codec import OrjsonTranscoder, PydanticMapper
-from engine.events import RunEvent
+from engine.events import ChildStarted, RunEvent
 from engine.results import HistoryEntry
 from engine.status import RunStatus
 from engine.storage import LogReader, StoredRow
@@ -65,6 +67,8 @@ HOTSPOT_COLUMNS = columns_of(
 )
 PUBLISHED_COLUMNS = columns_of(PUBLISHED, tuple(m.PublishedValue.model_fields))
 _COMPLETED = RunStatus.COMPLETED.value
+_CHILD_TOPIC = get_topic(ChildStarted)
+_CHILDREN = 1000
 
 
 def _select(names: Sequence[str]) -> str:
@@ -185,6 +189,21 @@ class Reads:
     def get_run(self, run_id: UUID) -> m.Run | None:
         rows = self._run_rows(f"WHERE run_id = {self.uuid}", [str(run_id)])
         return self._run(rows[0]) if rows else None
+
+    def run_detail(self, run_id: UUID) -> m.RunDetail | None:
+        """One run, with its parent and children read off its log: its first event, and its
+        `ChildStarted` events (one run's rows; asked by the run route, not by every stream
+        update, since a run of a million events takes a moment to look through)."""
+        run = self.get_run(run_id)
+        if run is None:
+            return None
+        first = self.log.run_events(run_id, limit=1)
+        key = self._event(run_id, first[0]).fields.get("idempotency_key") if first else None
+        started = self.log.run_events(run_id, limit=_CHILDREN, topics=[_CHILD_TOPIC])
+        return m.RunDetail(
+            **run.model_dump(), parent_run_id=parent_from_key(key),
+            children=[self._event(run_id, r).fields["child_run_id"] for r in started],
+        )
 
     def changed_runs(self, after: int, limit: int) -> list[m.Run]:
         """Runs whose last event is past position `after`, oldest change first."""

@@ -24,7 +24,7 @@ from api.deps import (
 )
 from api.errors import ApiError
 from api.freshness import wait_for_views
-from api.models import EventPage, PublishedPage, Run, RunPage, StepAttemptPage
+from api.models import EventPage, PublishedPage, RunDetail, RunPage, StepAttemptPage
 from engine.audit.history import event_classes
 from engine.status import RunStatus
 
@@ -65,13 +65,17 @@ async def list_runs(
     return Response(page, media_type="application/json")
 
 
-@read_route(router, "/runs/{run_id}", response_model=Run, responses=NOT_FOUND)
+@read_route(router, "/runs/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
 async def get_run(
-    run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None
+    run_id: UUID, reads: ReadsDep, options: OptionsDep, after: After = None,
+    links: Annotated[bool, Query(description="read the run's parent and children off its log "
+                                 "(false: skip it, for a quick re-read of the status)")] = True,
 ) -> Response:
-    """One run: status, current step, progress, attempts, retries, interruptions, last error."""
+    """One run: status, current step, progress, attempts, retries, interruptions, last error,
+    and the runs it is linked with (its parent, its children)."""
     await wait_for_views(reads, after, ("runs",), options.after_timeout_s)
-    run = await reads.off_loop(reads.get_run, run_id)
+    read = reads.run_detail if links else reads.get_run
+    run = await reads.off_loop(read, run_id)
     if run is None:
         raise _missing(run_id)
     return as_json(run)

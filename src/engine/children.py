@@ -64,7 +64,11 @@ def child_key(parent_run_id: UUID, step_key: str) -> str:
 
 def parent_of(run: WorkflowRun) -> UUID | None:
     """The run that started `run` as its child, if any (read off its idempotency key)."""
-    key = run.state.idempotency_key
+    return parent_from_key(run.state.idempotency_key)
+
+
+def parent_from_key(key: str | None) -> UUID | None:
+    """The parent run named by a child's idempotency key (`child:PARENT/STEP`), if it is one."""
     if key is None or not key.startswith(_PREFIX):
         return None
     try:

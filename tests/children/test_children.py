@@ -101,3 +101,27 @@ def test_a_cancelled_child_fails_its_parents_call(engine: Engine) -> None:
     engine.resume(second)
     done = drive_as_worker(engine, parent)
     assert done.output == {"results": ["cancelled: RunCancelled", 13], "total": 13}
+
+
+def test_the_api_links_a_parent_and_its_children(engine: Engine, store_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from api import ApiOptions, create_app
+    from api.settings import ApiSettings
+    from engine import Settings
+    from projections import catch_up
+
+    parent = engine.run(childwf.parent, {"ns": [1, 2]}).run_id
+    children = engine.status(parent).children
+    catch_up(store_url)
+    app = create_app(Settings(database_url=store_url),
+                     ApiOptions(allowed_hosts=("testserver",)), api=ApiSettings(api_token=None))
+    with TestClient(app) as client:
+        body = client.get(f"/runs/{parent}").json()
+        assert body["parent_run_id"] is None
+        assert [UUID(c) for c in body["children"]] == list(children)
+        kid = client.get(f"/runs/{children[0]}").json()
+        assert UUID(kid["parent_run_id"]) == parent
+        assert kid["children"] == []
+        quick = client.get(f"/runs/{parent}", params={"links": "false"}).json()
+        assert "children" not in quick  # the quick re-read skips the log

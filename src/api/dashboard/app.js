@@ -259,8 +259,13 @@ const runView = { events: [], cursor: null, run: null, olderLeft: false, checkpo
 
 function fact(label, value) { return el("div", {}, el("dt", {}, label), el("dd", {}, value ?? "")); }
 
+function runLink(id) { return el("a", { href: "#/runs/" + id, class: "mono" }, String(id).slice(0, 8)); }
+
 function renderRun(run) {
   runView.run = run;
+  // Links (parent, children) come with the run route's first read; updates keep them.
+  if (run.children !== undefined) runView.links = { parent: run.parent_run_id, children: run.children };
+  const links = runView.links || { parent: null, children: [] };
   $("r-status").className = "pill " + run.status; $("r-status").textContent = run.status;
   $("r-title").textContent = run.workflow + " v" + run.workflow_version;
   $("r-id").textContent = run.run_id;
@@ -280,7 +285,9 @@ function renderRun(run) {
     ...(run.last_seen_at ? [fact("Last seen alive", fmtTime(run.last_seen_at))] : []),
     fact("Started", fmtTime(run.started_at)),
     fact("Updated", fmtTime(run.updated_at)), fact("Finished", fmtTime(run.finished_at) || "–"),
-    fact("Log position", run.last_position));
+    fact("Log position", run.last_position),
+    ...(links.parent ? [fact("Parent run", runLink(links.parent))] : []),
+    ...(links.children.length ? [fact("Child runs", el("span", {}, ...links.children.flatMap((c, i) => i ? [" ", runLink(c)] : [runLink(c)])))] : []));
   const err = run.last_error;
   $("r-error").hidden = !err;
   if (err) $("r-error").textContent = `${err.type}: ${err.message}` + (err.step ? `  (step ${err.step})` : "");
@@ -402,7 +409,7 @@ function refreshDetailsSoon(id) {
 
 async function showRun(id) {
   $("list-view").hidden = true; $("login-view").hidden = true; $("run-view").hidden = false;
-  Object.assign(runView, { events: [], cursor: null, run: null, olderLeft: false, checkpoints: [] });
+  Object.assign(runView, { events: [], cursor: null, run: null, olderLeft: false, checkpoints: [], links: null });
   closeStreams();
   try {
     renderRun(await getJSON(`/runs/${id}`));
@@ -423,12 +430,12 @@ async function showRun(id) {
 // page's worth of requests. (An interrupted run that resumes records an event: the stream.)
 async function refreshLiveness() {
   if (!$("run-view").hidden && runView.run && vocab.leased.has(runView.run.status)) {
-    renderRun(await getJSON(`/runs/${runView.run.run_id}`));
+    renderRun(await getJSON(`/runs/${runView.run.run_id}?links=false`));
     return;
   }
   if ($("list-view").hidden) return;
   const rows = [...$("runs").tBodies[0].rows].filter((r) => vocab.leased.has(r.dataset.status));
-  for (const row of rows) upsertRun(await getJSON(`/runs/${row.dataset.run}`), false);
+  for (const row of rows) upsertRun(await getJSON(`/runs/${row.dataset.run}?links=false`), false);
 }
 
 function closeStreams() {
