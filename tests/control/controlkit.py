@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
+import pytest
 
 from engine import Engine, HistoryEntry, RunStatus, Settings
 from support import Ledger, child_env
@@ -68,3 +70,34 @@ def check_cancelled(engine: Engine, run_id: UUID, reason: str) -> list[HistoryEn
              if e.event_type in ("StepCompleted", "StepFailed", "StepPreempted")}
     assert started <= ended, "a step attempt left open at the cancel"
     return history
+
+
+def wait_for_run(procs: Any, proc: Any, condition: Any, what: str,
+                 timeout_s: float = 90.0) -> None:
+    """Wait until `condition()` while `proc` runs; fail with its output (and what the database
+    was busy with) if it exits first or the time passes, so a failure says why."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = procs.output(proc)
+            state = "exited with " + str(proc.returncode) if proc.poll() is not None \
+                else f"still running after {timeout_s}s"
+            pytest.fail(f"{what}: the process {state}\nstdout: {out[-2000:]}\n"
+                        f"stderr: {err[-4000:]}\n{_busy_sessions()}")
+        time.sleep(0.02)
+
+
+def _busy_sessions() -> str:
+    """What PostgreSQL's other sessions are doing (locks waited on), for a failure message."""
+    try:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test",
+                             connect_timeout=3) as conn:
+            rows = conn.execute(
+                "SELECT pid, state, wait_event_type, wait_event, left(query, 120) "
+                "FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return "busy sessions:\n" + "\n".join(str(r) for r in rows)
+    except Exception as e:  # diagnostics only
+        return f"(could not read pg_stat_activity: {e})"

@@ -19,6 +19,7 @@ from controlkit import (
     engine_for,
     ledger_db,
     run_args,
+    wait_for_run,
 )
 
 from engine import RunStatus, run_id_for_key
@@ -37,7 +38,7 @@ def _cancel_a_live_holder(store_url: str, procs: Any, tmp_path: Path, workflow: 
     proc = procs.spawn(run_args(store_url, workflow, data, "--key", key))
     run_id = run_id_for_key(workflow, key)
     with engine_for(store_url) as engine:
-        wait_until(lambda: proc.poll() is None and ready(engine, run_id), "the run under way")
+        wait_for_run(procs, proc, lambda: ready(engine, run_id), "the run under way")
         outcome = engine.cancel(run_id, reason="not needed any more")
         asked = time.monotonic()
         assert outcome.holder is not None  # a live process holds it: it records the cancel

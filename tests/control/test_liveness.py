@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import orjson
-from controlkit import checkpoints, cli, engine_for, ledger_db, run_args
+from controlkit import checkpoints, cli, engine_for, ledger_db, run_args, wait_for_run
 
 from api import ApiOptions, create_app
 from api.settings import ApiSettings
@@ -53,7 +53,7 @@ def test_a_killed_run_reads_interrupted_until_it_is_resumed(
     proc = procs.spawn(run_args(store_url, "chunked", data, "--key", key))
     run_id = run_id_for_key("chunked", key)
     with engine_for(store_url) as engine:
-        wait_until(lambda: checkpoints(engine, run_id) >= 2, "the run under way")
+        wait_for_run(procs, proc, lambda: checkpoints(engine, run_id) >= 2, "the run under way")
         alive = _status(store_url, run_id)
         assert alive["status"] == "running"
         assert alive["held_by"] is not None
@@ -84,7 +84,8 @@ def test_a_killed_run_reads_interrupted_until_it_is_resumed(
         before = checkpoints(engine, run_id)
         again = procs.spawn([sys.executable, "-m", "stepstone", "resume", str(run_id),
                              "--db", store_url])
-        wait_until(lambda: checkpoints(engine, run_id) > before + 1, "the resumed run")
+        wait_for_run(procs, again, lambda: checkpoints(engine, run_id) > before + 1,
+                     "the resumed run")
         back = _status(store_url, run_id)
         assert back["status"] == "running"
         assert back["held_by"] != alive["held_by"]
