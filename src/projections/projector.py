@@ -120,8 +120,12 @@ class Projector:
         stop: threading.Event | None = None,
         until: int | None = None,
         batch_size: int | None = None,
+        finish: bool = True,
     ) -> int:
-        """Bring `views` up to `until` (the head, by default) in batches; see `pages`."""
+        """Bring `views` up to `until` (the head, by default) in batches; see `pages`.
+
+        `finish=False` leaves the views' deferred work to a later call (a rebuild builds its
+        indexes first)."""
         head = self.head() if until is None else until
         positions = self.positions(views)
         while (start := min(positions.values())) < head:
@@ -129,14 +133,16 @@ class Projector:
                 for first, last, facts, error in batches:
                     if stop is not None and stop.is_set():
                         return min(positions.values())
-                    positions = self._commit(views, first, facts, error, finish=last >= head)
+                    positions = self._commit(views, first, facts, error,
+                                             finish=finish and last >= head)
                     if progress is not None:
                         progress(min(positions.values()), head)
                     if min(positions.values()) < last:
                         break  # a view was found behind the batch: read again from it
                 else:
                     break  # the log has nothing more up to `head` (its last ids rolled back)
-        self.finish(views)
+        if finish:
+            self.finish(views)
         return min(positions.values())
 
     def apply(
