@@ -128,12 +128,12 @@ def decode_rows(
                 return facts, EventNotProjectableError(position, str(e))
             data = _normalized(cast(BaseModel, event))
         assert spec is not None
-        if type(originator_id) is str:
+        if isinstance(originator_id, str):
             run_id = originator_id
+        elif (known := run_ids.get(originator_id)) is not None:
+            run_id = known
         else:
-            run_id = run_ids.get(originator_id)
-            if run_id is None:
-                run_id = run_ids[originator_id] = str(originator_id)
+            run_id = run_ids[originator_id] = str(originator_id)
         append(Fact(position, run_id, spec.kind, data))
     return facts, None
 
