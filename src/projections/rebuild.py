@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from projections.projector import Progress, Projector
 
 _APPROACHES = 3
+_SWAP_GAP = 2000
+"""At most about this many events are left for the swap's transaction to apply (whatever the
+batch size), so the time readers and writers of the views wait for it stays short."""
 
 
 def ensure_tables(projector: Projector, views: Sequence[View]) -> None:
@@ -72,7 +75,7 @@ def rebuild(projector: Projector, name: str | None, *, progress: Progress | None
         # Writers kept going: come closer to the head before taking the views' locks, so the
         # swap's transaction (which readers of the live tables wait for) stays short.
         head = projector.head()
-        if head - position <= size:
+        if head - position <= _SWAP_GAP:
             break
         position = projector.catch_up_views(shadows, progress=progress, until=head,
                                             batch_size=size)
@@ -90,7 +93,7 @@ def _swap(
         positions = {s.name: keys[s.tracking_key] for s in shadows}
         while (start := min(positions.values())) < head:
             with db.translated():
-                rows = reader.rows_after(start, head, limit=projector.rebuild_batch_size)
+                rows = reader.rows_after(start, head, limit=_SWAP_GAP)
             if not rows:
                 break
             facts, error = decode_rows(rows, projector.store.mapper)
