@@ -91,6 +91,7 @@ def decode_rows(
     facts: list[Fact] = []
     run_ids: dict[Any, str] = {}  # str(UUID) is slow Python code; a batch has few runs
     loads, specs, append = orjson.loads, _SPECS, facts.append
+    new = tuple.__new__  # a Fact without its Python-level `__new__`: a third of a µs an event
     for position, originator_id, version, topic, state in rows:
         spec = specs.get(topic)
         data: Any = None
@@ -134,7 +135,7 @@ def decode_rows(
             run_id = known
         else:
             run_id = run_ids[originator_id] = str(originator_id)
-        append(Fact(position, run_id, spec.kind, data))
+        append(new(Fact, (position, run_id, spec.kind, data)))
     return facts, None
 
 
