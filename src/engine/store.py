@@ -300,8 +300,11 @@ class RunStore(Application[UUID]):
         datastore = self.datastore
         if isinstance(datastore, SQLiteDatastore):
             with datastore.transaction(commit=False) as c:
+                # Plain tuples: the library's `sqlite3.Row`s, then a tuple made of each, cost
+                # more than reading the rows (measured on a rebuild's pages of 2,000 events).
+                c.sqlite_cursor.row_factory = None
                 c.execute(sql, tuple(params))
-                return [tuple(row) for row in c.fetchall()]
+                return c.fetchall()  # type: ignore[no-any-return]
         from psycopg.rows import tuple_row
 
         with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:

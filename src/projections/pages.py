@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from projections.errors import EventNotProjectableError
-from projections.facts import Fact, decode
+from projections.facts import Fact, decode_rows
 
 if TYPE_CHECKING:
     from projections.projector import Projector
@@ -51,17 +51,15 @@ def _read(projector: Projector, start: int, until: int, size: int) -> Iterator[B
     store = projector.store
     while start < until:
         with projector.db.translated():
-            notes = store.recorder.select_notifications(
-                start, size, stop=until, inclusive_of_start=False
-            )
-        if not notes:
+            rows = store.reader.rows_after(start, until, limit=size)
+        if not rows:
             return
-        facts, error = decode(notes, store.mapper)
+        facts, error = decode_rows(rows, store.mapper)
         if error is not None:
             yield start, facts[-1].position if facts else start, facts, error
             return
-        yield start, notes[-1].id, facts, None
-        start = notes[-1].id
+        yield start, rows[-1][0], facts, None
+        start = rows[-1][0]
 
 
 class _ReadAhead:

@@ -19,7 +19,7 @@ from uuid import uuid4
 
 from engine.storage import TYPES
 from projections.errors import UnknownViewError, ViewSchemaError
-from projections.facts import decode
+from projections.facts import decode_rows
 from projections.sql import Bound, Tx
 from projections.view import View
 
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from projections.projector import Progress, Projector
 
 _APPROACHES = 3
+_SWAP_GAP = 2000
+"""At most about this many events are left for the swap's transaction to apply (whatever the
+batch size), so the time readers and writers of the views wait for it stays short."""
 
 
 def ensure_tables(projector: Projector, views: Sequence[View]) -> None:
@@ -42,11 +45,11 @@ def ensure_tables(projector: Projector, views: Sequence[View]) -> None:
                 reset(tx, view)
 
 
-def reset(tx: Tx, view: View) -> None:
+def reset(tx: Tx, view: View, *, indexes: bool = True) -> None:
     """Empty tables and no tracking record: the view will be replayed from the start."""
     for table in view.bound:
         drop(tx, table.name)
-        create(tx, table)
+        create(tx, table, indexes=indexes)
     forget(tx, view.tracking_key)
 
 
@@ -58,14 +61,21 @@ def rebuild(projector: Projector, name: str | None, *, progress: Progress | None
     shadows = [view.shadow_of() for view in views]
     with projector.db.transaction([s.lock_name for s in shadows], ddl=True) as tx:
         for shadow in shadows:
-            reset(tx, shadow)
+            # The secondary indexes come once the bulk is in: built by one sort each, where
+            # kept up row by row they cost a random B-tree write per row and index.
+            reset(tx, shadow, indexes=False)
     size = projector.rebuild_batch_size
-    position = projector.catch_up_views(shadows, progress=progress, batch_size=size)
+    position = projector.catch_up_views(shadows, progress=progress, batch_size=size,
+                                        finish=False)
+    with projector.db.transaction([s.lock_name for s in shadows], ddl=True) as tx:
+        for shadow in shadows:
+            for table in shadow.bound:
+                create_indexes(tx, table)
     for _ in range(_APPROACHES):
         # Writers kept going: come closer to the head before taking the views' locks, so the
         # swap's transaction (which readers of the live tables wait for) stays short.
         head = projector.head()
-        if head - position <= size:
+        if head - position <= _SWAP_GAP:
             break
         position = projector.catch_up_views(shadows, progress=progress, until=head,
                                             batch_size=size)
@@ -75,7 +85,7 @@ def rebuild(projector: Projector, name: str | None, *, progress: Progress | None
 def _swap(
     projector: Projector, views: list[View], shadows: list[View], progress: Progress | None
 ) -> int:
-    db, recorder = projector.db, projector.store.recorder
+    db, reader = projector.db, projector.store.reader
     locks = [v.lock_name for v in views + shadows]
     with db.transaction(locks, ddl=True) as tx:
         head = projector.head()
@@ -83,12 +93,10 @@ def _swap(
         positions = {s.name: keys[s.tracking_key] for s in shadows}
         while (start := min(positions.values())) < head:
             with db.translated():
-                notes = recorder.select_notifications(
-                    start, projector.rebuild_batch_size, stop=head, inclusive_of_start=False
-                )
-            if not notes:
+                rows = reader.rows_after(start, head, limit=_SWAP_GAP)
+            if not rows:
                 break
-            facts, error = decode(notes, projector.store.mapper)
+            facts, error = decode_rows(rows, projector.store.mapper)
             if error is not None:
                 raise error  # nothing is swapped: the live views stay as they were
             positions = projector.apply_in(tx, shadows, facts, start)
@@ -120,7 +128,7 @@ def columns(tx: Tx, name: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def create(tx: Tx, table: Bound) -> None:
+def create(tx: Tx, table: Bound, *, indexes: bool = True) -> None:
     side = 0 if tx.db.is_sqlite else 1
     cols = ", ".join(f"{n} {TYPES[t][side]}" for n, t in table.spec.columns)
     # One B-tree per table on SQLite: a view's random run-id keys dirty one page per row in
@@ -128,6 +136,11 @@ def create(tx: Tx, table: Bound) -> None:
     tail = " WITHOUT ROWID" if tx.db.is_sqlite else ""
     key = ", ".join(table.spec.key)
     tx.execute(f"CREATE TABLE {table.qname} ({cols}, PRIMARY KEY ({key})){tail}")
+    if indexes:
+        create_indexes(tx, table)
+
+
+def create_indexes(tx: Tx, table: Bound) -> None:
     for index in table.spec.indexes:
         # Index names are unique per schema and survive a table's rename: a fresh token keeps
         # a rebuilt table's indexes from colliding with the live table's. (PostgreSQL cuts

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from eventsourcing.persistence import PersistenceError, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
@@ -129,9 +130,9 @@ class Tx:
         if self.db.is_sqlite:
             self.cursor.executemany(sql, rows)
         else:
-            # Binary parameters (%b): the text format would escape every string of the arrays.
-            columns_ = [list(col) for col in zip(*rows, strict=True)]
-            self.cursor.execute(sql, columns_)
+            # The rows as one JSON array made by orjson (C): psycopg's dumping of one array
+            # per column, in Python, took a quarter of a rebuild's own time on PostgreSQL.
+            self.cursor.execute(sql, (orjson.dumps(rows).decode(),))
 
     def positions(self, keys: Sequence[str]) -> dict[str, int]:
         """The tracking positions of `keys` (0 if never tracked), in one query."""
@@ -196,8 +197,9 @@ class ViewDB:
             values = f"VALUES ({', '.join('?' * len(cols))})"
         else:
             types = dict(table.spec.columns)
-            casts = ", ".join(f"%b::{self.dialect.column_type(types[c])}[]" for c in cols)
-            values = f"SELECT * FROM unnest({casts})"
+            casts = ", ".join(f"(r->>{i})::{self.dialect.column_type(types[c])}"
+                              for i, c in enumerate(cols))
+            values = f"SELECT {casts} FROM jsonb_array_elements(%s::jsonb) AS r"
         return f"{head} {values} ON CONFLICT ({', '.join(key)}) {conflict}"
 
     def from_db(self, kind: str) -> Callable[[Any], Any]:

@@ -20,8 +20,8 @@ from stepstone.common import F, fail, log_format_option, open_engine, setup_logg
 from stepstone.retention_loop import retention
 
 
-def _batch(default: int) -> Callable[[F], F]:
-    return click.option("--batch-size", default=default, show_default=True,
+def _batch(default: int | None, shown: str | None = None) -> Callable[[F], F]:
+    return click.option("--batch-size", default=default, show_default=shown or True,
                         type=click.IntRange(1), help="Events per transaction.")
 
 
@@ -36,7 +36,7 @@ def open_projector(
     *,
     create: bool = False,
     batch_size: int = 500,
-    rebuild_batch_size: int = 2000,
+    rebuild_batch_size: int | None = None,
 ) -> Iterator[Projector]:
     with open_engine(database_url, create=create) as engine:
         try:
@@ -89,9 +89,11 @@ def status(database_url: str | None, as_json: bool) -> None:
 
 @projections.command()
 @click.argument("view", required=False, metavar="[VIEW]")
-@_batch(2000)
+@_batch(None, "2000 on SQLite, 10000 on PostgreSQL")
 @store_options
-def rebuild(view: str | None, batch_size: int, database_url: str | None, as_json: bool) -> None:
+def rebuild(
+    view: str | None, batch_size: int | None, database_url: str | None, as_json: bool
+) -> None:
     """Drop a view (all if none named) and rebuild it from the log, swapping it in at the end.
 
     Readers keep the old view until the new one has caught up with the log.

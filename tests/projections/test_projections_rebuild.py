@@ -172,3 +172,27 @@ def test_a_failed_rebuild_leaves_the_live_views_as_they_were(engine: Engine) -> 
         tamper.write(engine, runs[1], 2, topic, state)  # repaired: the next rebuild works
         assert projector.rebuild() == position
         assert actual_views(projector) == before
+
+
+def test_a_rebuilt_view_has_every_index_of_its_table(store_url: str) -> None:
+    """A rebuild fills its tables first and builds their secondary indexes after: the tables
+    swapped in must have them all, as a view made from scratch does."""
+    store = open_store(store_url)
+    random_runs(store, 40, 15, seed=12)
+    with Projector(store) as projector:
+        projector.catch_up()
+        projector.rebuild()
+        with projector.db.transaction() as tx:
+            for view in projector.views:
+                for table in view.bound:
+                    if tx.db.is_sqlite:
+                        found = [r[1] for r in tx.fetch(f'PRAGMA index_list("{table.name}")')
+                                 if r[3] == "c"]  # made by CREATE INDEX, not the key's
+                    else:
+                        found = [r[0] for r in tx.fetch(
+                            "SELECT indexname FROM pg_indexes WHERE schemaname = ? "
+                            "AND tablename = ? AND right(indexname, 5) <> '_pkey'",
+                            (tx.db.schema, table.name))]
+                    assert len(found) == len(table.spec.indexes), table.name
+        assert projector.rebuild() == store.head()
+    store.close()

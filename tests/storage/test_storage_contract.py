@@ -179,3 +179,24 @@ def test_the_view_store_commits_rows_with_their_position_or_neither(store_url: s
             tx.execute(f"DROP TABLE IF EXISTS {table.qname}")
         db.close()
         store.close()
+
+
+def test_plain_rows_are_the_librarys_notifications(filled: tuple[str, list[uuid.UUID]]) -> None:
+    """`rows_after` (the projections' read) gives what `select_notifications` gives, with the
+    run id as its canonical text, and stops at `stop` whatever the page size."""
+    url, _ = filled
+    store = RunStore(parse_store_url(url))
+    try:
+        notes = store.recorder.select_notifications(0, 1000, inclusive_of_start=False)
+        expected = [(n.id, str(n.originator_id), n.originator_version, n.topic, bytes(n.state))
+                    for n in notes]
+        for _, reader in readers(url):
+            head = reader.head()
+            rows = [tuple(r) for r in reader.rows_after(0, head, limit=1000)]
+            assert [(p, r, v, t, bytes(s)) for p, r, v, t, s in rows] == expected
+            middle = expected[len(expected) // 2][0]
+            page = reader.rows_after(expected[1][0], middle, limit=1000)
+            assert [r[0] for r in page] == [e[0] for e in expected[2:] if e[0] <= middle]
+            assert reader.rows_after(head, head + 100) == []
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from engine.storage.connections import (
 from engine.storage.dialect import TYPES, VIEW_TRACKING_TABLE, Dialect, Statement
 from engine.storage.location import StoreLocation, parse_store_url
 from engine.storage.locks import CLAIM_LOCK_KEY, SCHEMA_LOCK_KEY, schema_lock, view_lock_key
-from engine.storage.log_reader import PAGE, Fetch, LogReader, StoredRow
+from engine.storage.log_reader import PAGE, Fetch, LogReader, LogRow, StoredRow
 
 __all__ = [
     "CLAIM_LOCK_KEY",
@@ -31,6 +31,7 @@ __all__ = [
     "Dialect",
     "Fetch",
     "LogReader",
+    "LogRow",
     "Statement",
     "StoreLocation",
     "StoredRow",
