@@ -8,6 +8,7 @@ that the next resume starts again, ...), so every history is one the engine coul
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -175,3 +176,31 @@ def scratch_store(kind: str, tmp: Path, postgres_url: str) -> Iterator[str]:
 
 def open_store(url: str) -> RunStore:
     return RunStore(parse_store_url(url), snapshot_interval=0)
+
+
+class Writer(threading.Thread):
+    """Appends `runs` random runs every 10 ms until stopped, as workers would (the log grows
+    while a rebuild or a prune runs)."""
+
+    def __init__(self, url: str, *, runs: int, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.store = open_store(url)
+        self.runs = runs
+        self.seed = seed
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.saves = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(0.01):
+                random_runs(self.store, self.runs, 12, seed=self.seed + self.saves)
+                self.saves += 1
+        except BaseException as e:
+            self.error = e
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=30)
+        assert self.error is None
+        self.store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from view_oracle import actual_views, expected_views
@@ -23,9 +24,9 @@ def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
         checkpointwf.close_ledgers()
 
 
-def test_the_views_count_invalidated_checkpoints(
-    engine: Engine, tmp_path: Path, ledger_db: str
-) -> None:
+def _invalidating(engine: Engine, tmp_path: Path, ledger_db: str) -> tuple[Any, dict[str, Any]]:
+    """A run preempted mid-step whose input file then changes: its resume will not trust the
+    checkpoint (the step restarts). Returns the workflow and the input to drive it with."""
     path = tmp_path / "input.txt"
     path.write_text("".join(f"{v}\n" for v in range(40)))
     given = {"path": str(path), "db": ledger_db, "chunk": 5, "unit_ms": 0}
@@ -37,6 +38,13 @@ def test_the_views_count_invalidated_checkpoints(
         checkpointwf.HOOK.update(engine=None, preempt_at=None, seen=0)
         engine.token.clear()
     path.write_text("7\n" * 40)
+    return wf, given
+
+
+def test_the_views_count_invalidated_checkpoints(
+    engine: Engine, tmp_path: Path, ledger_db: str
+) -> None:
+    wf, given = _invalidating(engine, tmp_path, ledger_db)
     run_id = engine.run(wf, given, key=checkpointwf.KEY).run_id
     with Projector(engine.store) as projector:
         projector.catch_up()
@@ -51,17 +59,7 @@ def test_forgetting_a_run_takes_its_invalidated_checkpoints_out_of_the_hotspots(
     """A pruned run's share of every count goes with it: the invalidations too."""
     from projections.retention import forget_runs
 
-    path = tmp_path / "input.txt"
-    path.write_text("".join(f"{v}\n" for v in range(40)))
-    given = {"path": str(path), "db": ledger_db, "chunk": 5, "unit_ms": 0}
-    wf = checkpointwf.make()
-    checkpointwf.HOOK.update(engine=engine, preempt_at=2, seen=0)
-    try:
-        assert engine.run(wf, given, key=checkpointwf.KEY).status is RunStatus.PREEMPTED
-    finally:
-        checkpointwf.HOOK.update(engine=None, preempt_at=None, seen=0)
-        engine.token.clear()
-    path.write_text("7\n" * 40)
+    wf, given = _invalidating(engine, tmp_path, ledger_db)
     pruned = engine.run(wf, given, key=checkpointwf.KEY).run_id
     kept = engine.run(wf, given, key="another").run_id  # nothing to invalidate
     with Projector(engine.store) as projector:

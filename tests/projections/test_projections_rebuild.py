@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from projection_histories import open_store, random_runs, view_rows
+from projection_histories import Writer, open_store, random_runs, view_rows
 from view_oracle import actual_views
 
 from audit import tamper
@@ -15,35 +15,10 @@ from projections import EventNotProjectableError, Projector
 from support import wait_until
 
 
-class _Writer(threading.Thread):
-    """Appends runs until stopped, like workers would."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.store = open_store(url)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.saves = 0
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(0.01):
-                random_runs(self.store, 3, 12, seed=1000 + self.saves)
-                self.saves += 1
-        except BaseException as e:
-            self.error = e
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(timeout=30)
-        assert self.error is None
-        self.store.close()
-
-
 def test_rebuild_while_writing_swaps_in_every_event_up_to_the_head(store_url: str) -> None:
     store = open_store(store_url)
     random_runs(store, 150, 25, seed=7)
-    writer = _Writer(store_url)
+    writer = Writer(store_url, runs=3, seed=1000)
     with Projector(store, batch_size=60) as projector:
         projector.catch_up()
         runs_table = projector.views[0].bound[0].qname
@@ -82,7 +57,7 @@ def test_rebuild_while_writing_swaps_in_every_event_up_to_the_head(store_url: st
 def test_rebuild_of_one_view_while_a_projector_follows_the_log(store_url: str) -> None:
     store = open_store(store_url)
     random_runs(store, 100, 20, seed=8)
-    writer = _Writer(store_url)
+    writer = Writer(store_url, runs=3, seed=1000)
     stop = threading.Event()
     with Projector(store_url, batch_size=25) as follower, Projector(store, batch_size=40) as p:
         errors: list[BaseException] = []

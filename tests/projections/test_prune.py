@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 import pytest
 from click.testing import CliRunner
-from projection_histories import open_store, random_runs, view_rows
+from projection_histories import Writer, open_store, random_runs, view_rows
 
 from engine.audit.archive import records
 from engine.audit.export import rows
@@ -39,31 +39,6 @@ def exported(store: RunStore, run_id: UUID) -> list[dict[str, Any]]:
             for r in rows(store, run_id=run_id)]
 
 
-class _Writer(threading.Thread):
-    """Appends runs, finished and not, while the prune runs (as workers would)."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.store = open_store(url)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.saves = 0
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(0.01):
-                random_runs(self.store, 2, 12, seed=5000 + self.saves)
-                self.saves += 1
-        except BaseException as e:
-            self.error = e
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(timeout=30)
-        assert self.error is None
-        self.store.close()
-
-
 def test_prune_under_load_archives_then_removes_finished_runs_only(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -75,7 +50,7 @@ def test_prune_under_load_archives_then_removes_finished_runs_only(
     assert len(finished) > 20
     originals = {rid: exported(store, rid) for rid in finished}
     archive = tmp_path / "old.jsonl.gz"
-    writer = _Writer(store_url)
+    writer = Writer(store_url, runs=2, seed=5000)
     stop = threading.Event()
     with Projector(store_url, batch_size=30) as follower:
         follower.catch_up()
