@@ -35,7 +35,7 @@ class LeaseReads:
     def _has(self, column: str) -> bool:
         """Whether the index has `column` (an index made by an older release may not, until
         a process of this one opens it for writing; the API never alters a table)."""
-        if self._columns is None:
+        if not self._columns:  # asked again while the table is missing: it may appear
             if self.store.is_sqlite:
                 rows = self.store.fetch("SELECT name FROM pragma_table_info('stepstone_queue')")
             else:
@@ -61,7 +61,12 @@ class LeaseReads:
         return [int(pid) for (pid,) in rows if not process_alive(int(pid))]
 
     def held_condition(self) -> tuple[str, list[Any]]:
-        """SQL true for a runs-view row whose run a live process holds now, and its params."""
+        """SQL true for a runs-view row whose run a live process holds now, and its params.
+
+        A store without a runnable index has never had a run driven by the engine: nobody
+        holds anything there."""
+        if not self._has("run_id"):
+            return "(1 = 0)", []
         now = time.time()
         dead = self._dead_local_pids(now)
         local = ""
@@ -94,13 +99,19 @@ class LeaseReads:
         if not running:
             return
         ids = [str(r["run_id"]) for r in running]
+        if not self._has("run_id"):  # no runnable index: nobody holds any run
+            self._observe(running, {})
+            return
         heartbeat = "heartbeat_at" if self._has("heartbeat_at") else "NULL"
         rows = self.store.fetch(
             f"SELECT run_id, lease_owner, lease_expires_at, owner_host, owner_pid, {heartbeat}, "
             f"{self._gone()} FROM {self.queue} WHERE run_id IN ({', '.join('?' * len(ids))})",
             ids,
         )
-        leases = {str(r[0]): Lease(r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows}
+        self._observe(running, {str(r[0]): Lease(r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+                                for r in rows})
+
+    def _observe(self, running: Sequence[dict[str, Any]], leases: dict[str, Lease]) -> None:
         now = time.time()
         for run in running:
             seen = observe(RunStatus.RUNNING, _when(run.get("updated_at")),

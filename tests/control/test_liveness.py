@@ -124,3 +124,31 @@ def test_a_holder_elsewhere_reads_running_until_its_lease_lapses(store_url: str,
                    "the lease to lapse", timeout_s=1.5 + 1.0)
         with _api(store_url) as client:
             assert client.get(f"/runs/{run_id}").json()["status"] == "interrupted"
+
+
+def test_a_store_without_a_runnable_index_shows_its_running_runs_interrupted(
+    store_url: str,
+) -> None:
+    """Runs written without the engine's index (an import, another tool): nobody has ever held
+    them, so the API says so instead of failing on the missing table."""
+    from engine.aggregate import WorkflowRun
+    from engine.storage import parse_store_url
+    from engine.store import RunStore
+
+    store = RunStore(parse_store_url(store_url))
+    try:
+        run = WorkflowRun.start(uuid4(), at=datetime.now(UTC), worker="elsewhere",
+                                workflow="imported", workflow_version=1, entrypoint="m:f",
+                                code_fingerprint="f", input={}, input_digest="d",
+                                idempotency_key=None)
+        run.start_step("a#0", "a", 1, at=datetime.now(UTC), worker="elsewhere")
+        store.save_run(run)
+    finally:
+        store.close()
+    with _api(store_url) as client:
+        listed = client.get("/runs")
+        assert listed.status_code == 200, listed.text
+        assert [r["status"] for r in listed.json()["items"]] == ["interrupted"]
+        assert client.get(f"/runs/{run.id}").json()["status"] == "interrupted"
+        assert str(run.id) in _listed(client, "interrupted")
+        assert _listed(client, "running") == set()
