@@ -51,14 +51,10 @@ class DriverControl:
     _pending_checkpoints: dict[str, checkpoints.Pending]
     _last_checkpoint_at: dict[str, float]
 
-    def record(self, command: Callable[..., None], *args: Any, **fields: Any) -> None:
-        raise NotImplementedError  # RunDriver's
-
-    def save(self) -> None:
-        raise NotImplementedError  # RunDriver's
-
-    def next_position(self, name: str) -> tuple[str, StepState | None]:
-        raise NotImplementedError  # RunDriver's
+    # RunDriver's own methods, which these call.
+    record: Callable[..., None]
+    save: Callable[[], None]
+    next_position: Callable[[str], tuple[str, StepState | None]]
 
     # -- stops (engine.stopping) -----------------------------------------------------------
     def stop_pending(self, step_key: str | None = None) -> Preempted | None:

@@ -8,6 +8,7 @@ lease at this moment, never a view.
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -43,8 +44,9 @@ class RunReads:
     store: RunStore
 
     @property
+    @abstractmethod
     def leases(self) -> LeaseStore:
-        raise NotImplementedError
+        """The runnable index beside the log: `Engine.leases`, made on first use."""
 
     def status(self, run_id: UUID) -> RunInfo:
         """The run as its log says, with `interrupted` for a run the log calls running but
