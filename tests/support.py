@@ -77,6 +77,12 @@ def child_env(*paths: Path | str, **extra: str) -> dict[str, str]:
     return env
 
 
+def ledger_path(store_url: str, tmp_path: Path) -> str:
+    """Where a test's workflows record their effects: a SQLite file beside a SQLite store, the
+    test's own schema on PostgreSQL (a `Ledger` opens either)."""
+    return store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
+
+
 class Ledger:
     """A tiny autocommit connection over either backend; SQL uses `?` placeholders.
 

@@ -16,7 +16,7 @@ import checkpointwf
 from crashkit import Procs, check_history
 from engine import Engine, HistoryEntry, RunStatus, Settings, run_id_for_key
 from engine import events as ev
-from support import Ledger, wait_until
+from support import Ledger, ledger_path, wait_until
 
 LINES = 60
 RUN_ID = run_id_for_key("cp-sum", checkpointwf.KEY)
@@ -24,9 +24,8 @@ RUN_ID = run_id_for_key("cp-sum", checkpointwf.KEY)
 
 @pytest.fixture
 def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
-    db = store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
     try:
-        yield db
+        yield ledger_path(store_url, tmp_path)
     finally:
         checkpointwf.close_ledgers()
 

@@ -35,14 +35,13 @@ from engine import (
 )
 from engine import events as ev
 from engine.fingerprints import MISSING_FILE
-from support import Ledger
+from support import Ledger, ledger_path
 
 
 @pytest.fixture
 def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
-    db = store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
     try:
-        yield db
+        yield ledger_path(store_url, tmp_path)
     finally:
         checkpointwf.close_ledgers()
 

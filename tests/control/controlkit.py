@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -15,11 +14,6 @@ import pytest
 
 from engine import Engine, HistoryEntry, RunStatus, Settings
 from support import Ledger, child_env
-
-
-def ledger_db(store_url: str, tmp_path: Path) -> str:
-    """Where the test workflows record their effects: a SQLite file, or the test's schema."""
-    return store_url if store_url.startswith("postgresql") else str(tmp_path / "ledger.db")
 
 
 def run_args(store_url: str, workflow: str, data: dict[str, Any], *extra: str) -> list[str]:

@@ -17,14 +17,13 @@ from controlkit import (
     cli,
     effects,
     engine_for,
-    ledger_db,
     run_args,
     wait_for_run,
 )
 
 from engine import RunStatus, run_id_for_key
 from engine.workers.leases import DONE
-from support import wait_until
+from support import ledger_path, wait_until
 
 EXIT_STOPPED = 4
 POLL_S = 1.0  # Settings.cancel_poll_s, the holder's default
@@ -58,7 +57,7 @@ def _cancel_a_live_holder(store_url: str, procs: Any, tmp_path: Path, workflow: 
 def test_a_run_is_cancelled_mid_step_with_its_progress_saved(
     store_url: str, procs: Any, tmp_path: Path
 ) -> None:
-    db = ledger_db(store_url, tmp_path)
+    db = ledger_path(store_url, tmp_path)
     data = {"db": db, "chunks": 10_000, "pause_ms": 20}
     _, history, cancelled_at = _cancel_a_live_holder(
         store_url, procs, tmp_path, "chunked", data,
@@ -73,7 +72,7 @@ def test_a_run_is_cancelled_mid_step_with_its_progress_saved(
 
 
 def test_a_run_is_cancelled_between_steps(store_url: str, procs: Any, tmp_path: Path) -> None:
-    db = ledger_db(store_url, tmp_path)
+    db = ledger_path(store_url, tmp_path)
     data = {"db": db, "steps": 10_000, "pause_ms": 20}
 
     def some_steps_done(engine: Any, run_id: UUID) -> bool:
@@ -95,7 +94,7 @@ def test_a_run_is_cancelled_between_steps(store_url: str, procs: Any, tmp_path: 
 def test_a_fan_out_is_cancelled_in_every_branch(
     store_url: str, procs: Any, tmp_path: Path
 ) -> None:
-    db = ledger_db(store_url, tmp_path)
+    db = ledger_path(store_url, tmp_path)
     data = {"db": db, "branches": 3, "chunks": 10_000, "pause_ms": 20}
     _, history, cancelled_at = _cancel_a_live_holder(
         store_url, procs, tmp_path, "fan_out", data,
@@ -149,7 +148,7 @@ def test_a_run_held_by_a_worker_on_postgres_is_cancelled(
 ) -> None:
     import controlwf
 
-    db = ledger_db(pg_schema, tmp_path)
+    db = ledger_path(pg_schema, tmp_path)
     worker = procs.spawn([sys.executable, "-m", "stepstone", "worker", "--db", pg_schema,
                           "--import", "controlwf", "--heartbeat", "0.5", "--lease", "5"])
     with engine_for(pg_schema) as engine:
@@ -170,7 +169,7 @@ def test_a_run_held_by_a_worker_on_postgres_is_cancelled(
 def test_a_cancelled_run_resumes_only_by_force(store_url: str, tmp_path: Path) -> None:
     import controlwf
 
-    db = ledger_db(store_url, tmp_path)
+    db = ledger_path(store_url, tmp_path)
     with engine_for(store_url) as engine:
         run_id = engine.start(controlwf.chunked, {"db": db, "chunks": 3, "pause_ms": 1})
         engine.cancel(run_id, reason="too early")
@@ -220,7 +219,7 @@ def test_asking_wrongly_is_one_line_and_exit_2_with_nothing_written(
     # Twice: the second ask while a live holder has yet to honour the first.
     key = f"k-{uuid4()}"
     proc = procs.spawn(run_args(store_url, "many_steps",
-                                {"db": ledger_db(store_url, tmp_path), "steps": 3,
+                                {"db": ledger_path(store_url, tmp_path), "steps": 3,
                                  "pause_ms": 8000}, "--key", key))
     run_id = run_id_for_key("many_steps", key)
     with engine_for(store_url) as engine:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlkit import cli, engine_for, ledger_db, run_args
+from controlkit import cli, engine_for, run_args
 
 import controlwf
 from engine import RunStatus, StepTimeoutError, step, workflow
 from engine.workers.leases import DONE
+from support import ledger_path
 
 EXIT_STOPPED = 4
 
@@ -28,7 +29,7 @@ def _kinds(engine: Any, run_id: Any) -> list[str]:
 def test_a_workflow_timeout_stops_the_run_in_its_step(store_url: str, tmp_path: Path) -> None:
     with engine_for(store_url) as engine:
         t0 = time.monotonic()
-        result = engine.run(controlwf.bounded, {"db": ledger_db(store_url, tmp_path)})
+        result = engine.run(controlwf.bounded, {"db": ledger_path(store_url, tmp_path)})
         took = time.monotonic() - t0
         assert result.status is RunStatus.TIMED_OUT
         assert 1.5 <= took < 1.5 + 2.0  # stopped at the first checkpoint past the deadline
@@ -49,7 +50,7 @@ def test_a_run_past_its_deadline_before_it_runs_times_out_without_a_step(
     store_url: str, tmp_path: Path
 ) -> None:
     with engine_for(store_url) as engine:
-        run_id = engine.start(controlwf.chunked, {"db": ledger_db(store_url, tmp_path)},
+        run_id = engine.start(controlwf.chunked, {"db": ledger_path(store_url, tmp_path)},
                               deadline=datetime.now(UTC) + timedelta(seconds=0.2))
         time.sleep(0.3)  # nobody drove it in time
         result = engine.resume(run_id)

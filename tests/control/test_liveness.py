@@ -13,13 +13,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import orjson
-from controlkit import checkpoints, cli, engine_for, ledger_db, run_args, wait_for_run
+from controlkit import checkpoints, cli, engine_for, run_args, wait_for_run
 
 from api import ApiOptions, create_app
 from api.settings import ApiSettings
 from engine import RunStatus, Settings, run_id_for_key
 from projections import catch_up
-from support import Ledger, wait_until
+from support import Ledger, ledger_path, wait_until
 
 LEASE_S = 30.0  # the default lease: a holder on this machine is judged by its pid at once
 
@@ -49,7 +49,7 @@ def test_a_killed_run_reads_interrupted_until_it_is_resumed(
     store_url: str, procs: Any, tmp_path: Path
 ) -> None:
     key = f"k-{uuid4()}"
-    data = {"db": ledger_db(store_url, tmp_path), "chunks": 10_000, "pause_ms": 20}
+    data = {"db": ledger_path(store_url, tmp_path), "chunks": 10_000, "pause_ms": 20}
     proc = procs.spawn(run_args(store_url, "chunked", data, "--key", key))
     run_id = run_id_for_key("chunked", key)
     with engine_for(store_url) as engine:
@@ -100,7 +100,7 @@ def test_a_holder_elsewhere_reads_running_until_its_lease_lapses(store_url: str,
     import controlwf
 
     with engine_for(store_url) as engine:
-        run_id = engine.start(controlwf.chunked, {"db": ledger_db(store_url, tmp_path)})
+        run_id = engine.start(controlwf.chunked, {"db": ledger_path(store_url, tmp_path)})
         run = engine.store.load(run_id)
         run.start_step("copy_chunks#0", "copy_chunks", 1, at=datetime.now(UTC),
                        worker="remote:1")

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlkit import engine_for, ledger_db
+from controlkit import engine_for
 
 import controlwf
 from engine import RunStatus
+from support import ledger_path
 
 
 def test_a_checkpoint_loop_is_stopped_at_its_cap(store_url: str) -> None:
@@ -36,7 +37,7 @@ def test_a_checkpoint_loop_is_stopped_at_its_cap(store_url: str) -> None:
 
 def test_a_run_is_stopped_at_its_event_cap(store_url: str, tmp_path: Path) -> None:
     with engine_for(store_url, max_events_per_run=100) as engine:
-        result = engine.run(controlwf.many_steps, {"db": ledger_db(store_url, tmp_path),
+        result = engine.run(controlwf.many_steps, {"db": ledger_path(store_url, tmp_path),
                                                    "steps": 500, "pause_ms": 0})
         assert result.status is RunStatus.FAILED
         assert result.error_type == "RunawayLimitError"
@@ -51,6 +52,6 @@ def test_a_run_is_stopped_at_its_event_cap(store_url: str, tmp_path: Path) -> No
 
 def test_the_default_limits_leave_an_ordinary_run_alone(store_url: str, tmp_path: Path) -> None:
     with engine_for(store_url) as engine:
-        result = engine.run(controlwf.chunked, {"db": ledger_db(store_url, tmp_path),
+        result = engine.run(controlwf.chunked, {"db": ledger_path(store_url, tmp_path),
                                                 "chunks": 2000, "pause_ms": 0})
         assert (result.status, result.output) == (RunStatus.COMPLETED, 4000)

@@ -13,13 +13,13 @@ from view_oracle import actual_views, expected_views
 import checkpointwf
 from engine import Engine, RunStatus
 from projections import Projector
+from support import ledger_path
 
 
 @pytest.fixture
 def ledger_db(store_url: str, tmp_path: Path) -> Iterator[str]:
-    db = store_url if store_url.startswith("postgres") else str(tmp_path / "ledger.db")
     try:
-        yield db
+        yield ledger_path(store_url, tmp_path)
     finally:
         checkpointwf.close_ledgers()
 
